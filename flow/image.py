@@ -1,0 +1,87 @@
+"""Image codecs: JPEG through libjpeg-turbo (simplejpeg, releases the GIL), everything else through Pillow.
+
+Images are RGB, HxWx3 uint8, everywhere in flow (MXNet's ImageRecordIter is RGB too).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+from flow.errors import ImageError
+
+_JPEG_START = b"\xff\xd8"
+
+
+def is_jpeg(data: bytes) -> bool:
+    return data[:2] == _JPEG_START
+
+
+def decode(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 HxWx3 from JPEG/PNG/any Pillow format; decodes straight into `out` when given."""
+    try:
+        if is_jpeg(data):
+            if out is not None:
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = np.asarray(image.convert("RGB"))
+    except (ValueError, OSError) as error:
+        raise ImageError(f"cannot decode image ({len(data)} bytes): {error}") from None
+    if out is not None:
+        out[...] = rgb
+        return out
+    return rgb
+
+
+def decode_size(data: bytes) -> tuple[int, int]:
+    """(height, width) of an encoded image, read from its header without decoding the pixels."""
+    try:
+        if is_jpeg(data):
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            return height, width
+        with Image.open(io.BytesIO(data)) as image:
+            return image.height, image.width
+    except (ValueError, OSError) as error:
+        raise ImageError(f"cannot read image header ({len(data)} bytes): {error}") from None
+
+
+def encode(image: np.ndarray, encoding: str = ".jpg", quality: int = 95) -> bytes:
+    """JPEG (quality 1-100) or PNG (quality = zlib compression level 0-9, as im2rec) bytes of an RGB image."""
+    image = np.ascontiguousarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    encoding = encoding.lower()
+    if encoding in (".jpg", ".jpeg"):
+        colorspace = "GRAY" if image.shape[2] == 1 else "RGB"
+        return simplejpeg.encode_jpeg(image, quality=quality, colorspace=colorspace, colorsubsampling="420")
+    if encoding == ".png":
+        buffer = io.BytesIO()
+        Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(
+            buffer, format="PNG", compress_level=min(max(quality, 0), 9)
+        )
+        return buffer.getvalue()
+    raise ImageError(f"unknown encoding {encoding!r}: expected '.jpg' or '.png'")
+
+
+def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
+    """Scales so that the shorter side is `size` (im2rec --resize), keeping the aspect ratio."""
+    height, width = image.shape[:2]
+    if height > width:
+        new_width, new_height = size, int(height * size / width)
+    else:
+        new_width, new_height = int(width * size / height), size
+    return np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.BILINEAR))
+
+
+def center_crop_square(image: np.ndarray) -> np.ndarray:
+    """The largest centred square (im2rec --center-crop)."""
+    height, width = image.shape[:2]
+    if height > width:
+        margin = (height - width) // 2
+        return image[margin : margin + width]
+    margin = (width - height) // 2
+    return image[:, margin : margin + height]
