@@ -142,7 +142,8 @@ class RecordReader:
     def read_batch(self, offsets: Sequence[int]) -> list[bytes]:
         """The payloads of the records at `offsets`: one call for a whole batch."""
         read_at = self.read_at
-        return [read_at(int(offset))[0] for offset in offsets]
+        offsets = offsets.tolist() if isinstance(offsets, np.ndarray) else offsets
+        return [read_at(offset)[0] for offset in offsets]
 
     def records(self) -> Iterator[tuple[int, bytes]]:
         """(offset, payload) of every record, in file order."""

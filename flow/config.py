@@ -1,0 +1,250 @@
+"""`train.toml`: one section per component, each key a knob that component reads.
+
+Keys use fit.py's names where fit.py has one. Every section is a frozen dataclass; the types and
+ranges written beside each field are checked on load, so a bad value fails before anything runs,
+with one line naming the file, the key, the value and what was expected. Relative paths are taken
+relative to the config file, so a config runs the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from flow.errors import ConfigError
+
+
+def knob(default: Any, expect: str | None = None, check: Callable[[Any], bool] | None = None,
+         choices: tuple[str, ...] | None = None, path: bool = False) -> Any:
+    """A config field: its default, and what a valid value is (checked on load)."""
+    return field(default=default, metadata={"expect": expect, "check": check, "choices": choices, "path": path})
+
+
+def _positive(value) -> bool:
+    return value > 0
+
+
+def _non_negative(value) -> bool:
+    return value >= 0
+
+
+def _fraction(value) -> bool:
+    return 0 <= value <= 1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the loader reads: the record files and how batches are made (fit.py's data.py knobs)."""
+
+    data_train: str = knob("", path=True)
+    data_train_idx: str = knob("", path=True)  # empty: the .idx beside data_train, or scan when none
+    data_val: str = knob("", path=True)
+    data_val_idx: str = knob("", path=True)
+    image_shape: tuple[int, ...] = knob((3, 224, 224), "3 positive integers C,H,W",
+                                        lambda v: len(v) == 3 and all(d > 0 for d in v))
+    num_classes: int = knob(1000, "a positive integer", _positive)
+    num_examples: int = knob(0, "a non-negative integer (0: count the records)", _non_negative)
+    batch_size: int = knob(128, "a positive integer", _positive)
+    data_nthreads: int = knob(4, "a positive integer", _positive)
+    prefetch: int = knob(2, "a positive integer", _positive)
+    shuffle: bool = knob(True)
+    num_parts: int = knob(1, "a positive integer", _positive)
+    part_index: int = knob(0, "a non-negative integer below num_parts", _non_negative)
+    last_batch: str = knob("pad", choices=("pad", "discard", "roll_over"))
+    pad_value: int = knob(127, "0-255", lambda v: 0 <= v <= 255)  # fill for pad_size borders (data.py)
+    layout: str = knob("float32_nchw", choices=("float32_nchw", "uint8_nhwc"))
+    label_width: int = knob(1, "a positive integer", _positive)
+    skip_bad_records: bool = knob(False)
+    benchmark: bool = knob(False)  # synthetic random batches: time compute without IO (data.py)
+    rgb_mean: tuple[float, ...] = knob((123.68, 116.779, 103.939), "3 floats", lambda v: len(v) == 3)
+    rgb_std: tuple[float, ...] = knob((1.0, 1.0, 1.0), "3 positive floats",
+                                      lambda v: len(v) == 3 and all(s > 0 for s in v))
+    # Augmentation, as ImageRecordIter and data.py; aug_level 1-3 fills the knobs not set explicitly.
+    aug_level: int = knob(0, "0, 1, 2 or 3", lambda v: 0 <= v <= 3)
+    resize: int = knob(0, "a non-negative integer (0: no resize)", _non_negative)
+    pad_size: int = knob(0, "a non-negative integer", _non_negative)
+    random_crop: bool = knob(False)
+    random_mirror: bool = knob(False)
+    max_random_h: int = knob(0, "0-180", lambda v: 0 <= v <= 180)
+    max_random_s: int = knob(0, "0-255", lambda v: 0 <= v <= 255)
+    max_random_l: int = knob(0, "0-255", lambda v: 0 <= v <= 255)
+    max_random_aspect_ratio: float = knob(0.0, "a non-negative float", _non_negative)
+    max_random_rotate_angle: int = knob(0, "0-360", lambda v: 0 <= v <= 360)
+    max_random_shear_ratio: float = knob(0.0, "a non-negative float", _non_negative)
+    min_random_scale: float = knob(1.0, "a positive float", _positive)
+    max_random_scale: float = knob(1.0, "a positive float", _positive)
+
+
+# data.py's set_data_aug_level: what each level turns on.
+AUG_LEVELS = {
+    1: {"random_crop": True, "random_mirror": True},
+    2: {"max_random_h": 36, "max_random_s": 50, "max_random_l": 50},
+    3: {"max_random_rotate_angle": 10, "max_random_shear_ratio": 0.1, "max_random_aspect_ratio": 0.25},
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build (fit.py's `network`, `num_layers`) and how to initialize it."""
+
+    network: str = knob("lenet", "a built-in name or 'package.module:factory'", lambda v: bool(v))
+    num_layers: int = knob(0, "a non-negative integer", _non_negative)
+    initializer: str = knob("auto", choices=("auto", "xavier", "normal"))
+    pretrained_prefix: str = knob("", path=True)  # fine-tune: checkpoint to start from
+    pretrained_epoch: int = knob(0, "a non-negative integer", _non_negative)
+    layer_before_fullc: str = knob("")  # fine-tune: module name the new classifier goes after
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fit loop, the kvstore and its optimizer (fit.py's `num_epochs`, `lr`, `kv_store`...)."""
+
+    num_epochs: int = knob(10, "a positive integer", _positive)
+    devices: tuple[str, ...] = knob(("cpu",), "a list of devices like 'cpu' or 'cuda:0'", lambda v: len(v) > 0)
+    kv_store: str = knob("local", choices=("local", "device", "dist_sync", "dist_device_sync"))
+    optimizer: str = knob("sgd", choices=("sgd", "adam"))
+    lr: float = knob(0.1, "a positive float", _positive)
+    lr_schedule: str = knob("multifactor", choices=("multifactor", "cosine"))
+    lr_factor: float = knob(0.1, "a float in (0, 1]", lambda v: 0 < v <= 1)
+    lr_step_epochs: tuple[int, ...] = knob((), "a list of positive epochs", lambda v: all(e > 0 for e in v))
+    warmup_epochs: float = knob(0.0, "a non-negative float", _non_negative)
+    warmup_begin_lr: float = knob(0.0, "a non-negative float", _non_negative)
+    mom: float = knob(0.9, "a float in [0, 1]", _fraction)
+    nesterov: bool = knob(False)
+    wd: float = knob(0.0001, "a non-negative float", _non_negative)
+    clip_gradient: float = knob(0.0, "a non-negative float (0: no clipping)", _non_negative)
+    precision: str = knob("fp32", choices=("fp32", "bf16"))
+    metrics: tuple[str, ...] = knob(("accuracy",), "a list of metric names", lambda v: len(v) > 0)
+    top_k: int = knob(0, "a non-negative integer", _non_negative)
+    disp_batches: int = knob(20, "a positive integer", _positive)
+    seed: int = knob(0, "a non-negative integer", _non_negative)
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Where and how often to save, and what to resume from (fit.py's `model_prefix`, `load_epoch`)."""
+
+    model_prefix: str = knob("", path=True)  # empty: no checkpoints
+    period: int = knob(1, "a positive integer", _positive)
+    keep: int = knob(0, "a non-negative integer (0: keep all)", _non_negative)
+    load_epoch: int = knob(0, "a non-negative integer (0: start fresh)", _non_negative)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+SECTIONS: dict[str, type] = typing.get_type_hints(Config)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config in `path`, with `section.key=value` overrides (values in TOML syntax) on top."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("no such file", path) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"not valid TOML: {error}", path) from None
+    for override in overrides:
+        section, key, value = parse_override(override)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw, source=path, base_dir=path.parent)
+
+
+def parse_override(override: str) -> tuple[str, str, Any]:
+    """`train.lr=0.01` -> ("train", "lr", 0.01); a value that is not TOML is taken as a string."""
+    name, separator, text = override.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not separator or not dot or not key:
+        raise ConfigError(f"override {override!r}: expected section.key=value, e.g. train.lr=0.01")
+    try:
+        value = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return section, key, value
+
+
+def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path | None = None) -> Config:
+    """A checked `Config` from plain data (as `tomllib` gives); `base_dir` anchors relative paths."""
+    sections = {}
+    for section_name, values in raw.items():
+        if section_name not in SECTIONS:
+            raise ConfigError(f"unknown section [{section_name}]{_did_you_mean(section_name, SECTIONS)}", source)
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section_name}] must be a table of keys", source)
+        sections[section_name] = _section(section_name, SECTIONS[section_name], values, source, base_dir)
+    config = Config(**sections)
+    if config.data.part_index >= config.data.num_parts:
+        raise ConfigError(
+            f"data.part_index: expected an integer below data.num_parts ({config.data.num_parts}), "
+            f"got {config.data.part_index}", source)
+    return config
+
+
+def _section(section_name: str, cls: type, values: dict, source, base_dir: Path | None):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types = typing.get_type_hints(cls)
+    values = dict(values)
+    if cls is DataConfig:
+        level = values.get("aug_level", 0)
+        for step in range(1, level + 1 if isinstance(level, int) else 0):
+            for key, value in AUG_LEVELS.get(step, {}).items():
+                values.setdefault(key, value)
+    checked = {}
+    for key, value in values.items():
+        name = f"{section_name}.{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown key {name}{_did_you_mean(key, fields, section_name + '.')}", source)
+        value = _convert(name, value, types[key], source)
+        meta = fields[key].metadata
+        if meta["choices"] and value not in meta["choices"]:
+            raise ConfigError(f"{name}: expected one of {', '.join(map(repr, meta['choices']))}, got {value!r}", source)
+        if meta["check"] and not meta["check"](value):
+            raise ConfigError(f"{name}: expected {meta['expect']}, got {value!r}", source)
+        if meta["path"] and value and base_dir is not None:
+            value = str(base_dir / value) if not Path(value).is_absolute() else value
+        checked[key] = value
+    return cls(**checked)
+
+
+def _convert(name: str, value: Any, kind: Any, source) -> Any:
+    """`value` as `kind` (int, float, bool, str or tuple of one of them), or a ConfigError saying why not."""
+    if typing.get_origin(kind) is tuple:
+        item_kind = typing.get_args(kind)[0]
+        if isinstance(value, str):  # fit.py style: image_shape = "3,224,224"
+            value = [item.strip() for item in value.split(",") if item.strip()]
+            value = [_from_string(name, item, item_kind, source) for item in value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list of {item_kind.__name__}, got {value!r}", source)
+        return tuple(_convert(name, item, item_kind, source) for item in value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{name}: expected {_article(kind)}, got {type(value).__name__} {value!r}", source)
+
+
+def _from_string(name: str, text: str, kind: type, source) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a list of {kind.__name__}, got item {text!r}", source) from None
+
+
+def _article(kind: type) -> str:
+    return {int: "an integer", float: "a float", bool: "a boolean (true/false)", str: "a string"}[kind]
+
+
+def _did_you_mean(key: str, valid, prefix: str = "") -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.5)
+    return f"; did you mean {prefix}{close[0]}?" if close else f"; valid: {', '.join(sorted(valid))}"
