@@ -1,0 +1,153 @@
+"""Learning-rate schedules as MXNet 1.9.1's python/mxnet/lr_scheduler.py, set up the way
+example/image-classification/common/fit.py sets them up, but as pure functions of one count.
+
+`num_update` counts optimizer updates from the start of training (epoch 0). MXNet's optimizer
+adds 1 to its count before asking the scheduler, so the n-th update (n from 1) uses `lr_at(n)`;
+`step()` does the same. The count is a schedule's only state: resuming at epoch b means setting
+it to `epoch_size * b`, which `build_schedule(begin_epoch=b)` does.
+
+fit.py instead restarts MXNet's count at 0 on resume and shifts the steps to `epoch_size * (e - b)`,
+starting from an lr with the steps at or before b already applied. For the multi-factor schedule
+that gives the same lr for every update, so flow keeps one count. It also keeps the warmup from
+repeating and the cosine curve from restarting on resume, which MXNet's restarted count would do.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from flow.errors import ConfigError
+
+SCHEDULES = ("multifactor", "cosine")
+
+
+def updates_per_epoch(num_examples: int, batch_size: int, num_workers: int = 1) -> int:
+    """Updates per epoch, as fit.py's get_epoch_size (1.9.1): ceil(int(num_examples / num_workers) / batch_size).
+
+    Rounded up because the last, partial batch is padded and trained on; older fit.py (the seed's)
+    used num_examples / batch_size unrounded. num_workers > 1 only for a dist kvstore.
+    """
+    for name, value in (("num_examples", num_examples), ("batch_size", batch_size), ("num_workers", num_workers)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+    return -(-(num_examples // num_workers) // batch_size)
+
+
+class LRSchedule:
+    """The lr of each update: a linear warmup from `warmup_begin_lr` over the first `warmup_steps`
+    updates (MXNet's LRScheduler.get_warmup_lr), then the subclass's decay."""
+
+    def __init__(self, base_lr: float, warmup_steps: int = 0, warmup_begin_lr: float = 0.0):
+        if not base_lr > 0:
+            raise ConfigError(f"lr: expected a positive float, got {base_lr!r}")
+        if not isinstance(warmup_steps, int) or warmup_steps < 0:
+            raise ConfigError(f"warmup_steps: expected a non-negative integer, got {warmup_steps!r}")
+        if not 0 <= warmup_begin_lr <= base_lr:
+            raise ConfigError(f"warmup_begin_lr: expected a float in [0, lr={base_lr}], got {warmup_begin_lr!r}")
+        self.base_lr = base_lr
+        self.warmup_steps = warmup_steps
+        self.warmup_begin_lr = warmup_begin_lr
+        self.num_update = 0
+
+    def lr_at(self, num_update: int) -> float:
+        """The lr the `num_update`-th update uses."""
+        if num_update < self.warmup_steps:
+            # MXNet's linear warmup: update n < warmup_steps gets begin + (base - begin) * n / warmup_steps.
+            return self.warmup_begin_lr + (self.base_lr - self.warmup_begin_lr) * num_update / self.warmup_steps
+        return self._after_warmup(num_update)
+
+    def _after_warmup(self, num_update: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> float:
+        """Count one more update and return the lr it uses."""
+        self.num_update += 1
+        return self.lr_at(self.num_update)
+
+
+class ConstantSchedule(LRSchedule):
+    """One lr throughout (after any warmup): fit.py's case of no scheduler."""
+
+    def _after_warmup(self, num_update: int) -> float:
+        return self.base_lr
+
+
+class MultiFactorSchedule(LRSchedule):
+    """MXNet's MultiFactorScheduler: lr is multiplied by `factor` once for each step s with
+    num_update > s, so the s-th update still uses the old lr and update s + 1 the new one."""
+
+    def __init__(self, base_lr: float, steps: Sequence[int], factor: float,
+                 warmup_steps: int = 0, warmup_begin_lr: float = 0.0):
+        super().__init__(base_lr, warmup_steps, warmup_begin_lr)
+        steps = list(steps)
+        if not steps or any(not isinstance(s, int) or s < 1 for s in steps):
+            raise ConfigError(f"lr steps: expected a non-empty list of positive update counts, got {steps!r}")
+        if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+            raise ConfigError(f"lr steps: expected an increasing list, got {steps!r}")
+        if not 0 < factor <= 1:
+            raise ConfigError(f"lr_factor: expected a float in (0, 1], got {factor!r}")
+        self.steps = steps
+        self.factor = factor
+
+    def _after_warmup(self, num_update: int) -> float:
+        lr = self.base_lr
+        for step in self.steps:  # one multiplication per step, in order, as MXNet (same rounding)
+            if num_update <= step:
+                break
+            lr *= self.factor
+        return lr
+
+
+class CosineSchedule(LRSchedule):
+    """MXNet's CosineScheduler: from base_lr down to final_lr along half a cosine, between the end
+    of warmup and `max_update`; final_lr after it."""
+
+    def __init__(self, base_lr: float, max_update: int, final_lr: float = 0.0,
+                 warmup_steps: int = 0, warmup_begin_lr: float = 0.0):
+        super().__init__(base_lr, warmup_steps, warmup_begin_lr)
+        if not isinstance(max_update, int) or max_update <= warmup_steps:
+            raise ConfigError(f"cosine max_update: expected an integer above warmup_steps ({warmup_steps}), got {max_update!r}")
+        if not 0 <= final_lr <= base_lr:
+            raise ConfigError(f"final_lr: expected a float in [0, lr={base_lr}], got {final_lr!r}")
+        self.max_update = max_update
+        self.final_lr = final_lr
+
+    def _after_warmup(self, num_update: int) -> float:
+        if num_update > self.max_update:
+            return self.final_lr
+        progress = (num_update - self.warmup_steps) / (self.max_update - self.warmup_steps)
+        return self.final_lr + (self.base_lr - self.final_lr) * (1 + math.cos(math.pi * progress)) / 2
+
+
+def build_schedule(kind: str, lr: float, *, epoch_size: int, num_epochs: int | None = None,
+                   lr_factor: float = 0.1, lr_step_epochs: Sequence[int] = (), begin_epoch: int = 0,
+                   warmup_steps: int = 0, warmup_begin_lr: float = 0.0, final_lr: float = 0.0) -> LRSchedule:
+    """The schedule fit.py's arguments describe, its count set for a run that begins at `begin_epoch`.
+
+    multifactor: lr times lr_factor at the start of each epoch in lr_step_epochs (a step at epoch e
+      fires after epoch_size * e updates); constant when lr_factor >= 1 or there are no steps, as
+      fit.py. Resuming past every step gives the fully reduced lr, where the seed's fit.py crashed.
+    cosine: from lr to final_lr over num_epochs * epoch_size updates.
+    """
+    if not isinstance(epoch_size, int) or epoch_size < 1:
+        raise ConfigError(f"epoch_size: expected a positive integer, got {epoch_size!r}")
+    if not isinstance(begin_epoch, int) or begin_epoch < 0:
+        raise ConfigError(f"begin_epoch: expected a non-negative integer, got {begin_epoch!r}")
+    schedule: LRSchedule
+    if kind == "multifactor":
+        if lr_factor >= 1 or not lr_step_epochs:
+            schedule = ConstantSchedule(lr, warmup_steps, warmup_begin_lr)
+        else:
+            if any(later <= earlier for earlier, later in zip(lr_step_epochs, lr_step_epochs[1:])):
+                raise ConfigError(f"lr_step_epochs: expected increasing epochs, got {list(lr_step_epochs)}")
+            steps = [epoch_size * epoch for epoch in lr_step_epochs]
+            schedule = MultiFactorSchedule(lr, steps, lr_factor, warmup_steps, warmup_begin_lr)
+    elif kind == "cosine":
+        if not isinstance(num_epochs, int) or num_epochs < 1:
+            raise ConfigError(f"num_epochs: the cosine schedule needs a positive integer, got {num_epochs!r}")
+        schedule = CosineSchedule(lr, num_epochs * epoch_size, final_lr, warmup_steps, warmup_begin_lr)
+    else:
+        raise ConfigError(f"unknown lr schedule {kind!r}; valid: {', '.join(SCHEDULES)}")
+    schedule.num_update = epoch_size * begin_epoch
+    return schedule

@@ -1,0 +1,307 @@
+"""Evaluation metrics with MXNet 1.9.1's semantics (python/mxnet/metric.py), and the log lines
+fit.py prints with them (python/mxnet/callback.py's Speedometer, module/base_module.py's fit).
+
+Every metric keeps two accumulators. `update` adds to both; the local one is what Speedometer
+reports and clears after each report (`reset_local`, its auto_reset); the global one is the epoch
+figure (`Epoch[n] Train-accuracy=...`), cleared by `reset` at the start of each epoch. A value
+with nothing accumulated is NaN, as in MXNet.
+
+`update(labels, outputs)` takes one array or a list of them (one per network output), as numpy
+arrays or torch tensors. Outputs are what MXNet's SoftmaxOutput gives: class probabilities, so
+flow passes softmax(logits); `ce` needs them to be probabilities, accuracy and top-k only rank them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from flow.errors import ConfigError
+
+NameValues = list[tuple[str, float]]
+
+
+def _as_numpy(array: Any) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        if array.dtype == torch.bfloat16:  # numpy has no bfloat16
+            array = array.float()
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def _as_list(arrays: Any) -> list[np.ndarray]:
+    if isinstance(arrays, (list, tuple)):
+        return [_as_numpy(array) for array in arrays]
+    return [_as_numpy(arrays)]
+
+
+def _mean(total: float, count: float) -> float:
+    return total / count if count else math.nan
+
+
+class EvalMetric:
+    """One metric: a (sum, count) pair kept twice, locally and globally; the value is sum / count."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.reset()
+
+    def update(self, labels: Any, outputs: Any) -> None:
+        labels, outputs = _as_list(labels), _as_list(outputs)
+        if len(labels) != len(outputs):
+            raise ValueError(f"metric {self.name}: {len(labels)} label arrays but {len(outputs)} outputs")
+        total, count = self._statistics(labels, outputs)
+        self.sum_metric += total
+        self.num_inst += count
+        self.global_sum_metric += total
+        self.global_num_inst += count
+
+    def _statistics(self, labels: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[float, float]:
+        """The (sum, count) one update adds: by default the sums over each (label, output) pair."""
+        total, count = 0.0, 0
+        for label, output in zip(labels, outputs):
+            pair_total, pair_count = self._pair_statistics(label, output)
+            total += pair_total
+            count += pair_count
+        return total, count
+
+    def _pair_statistics(self, label: np.ndarray, output: np.ndarray) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def reset_local(self) -> None:
+        self.sum_metric = 0.0
+        self.num_inst = 0
+
+    def reset(self) -> None:
+        self.reset_local()
+        self.global_sum_metric = 0.0
+        self.global_num_inst = 0
+
+    def get(self) -> NameValues:
+        """The local value(s) as (name, value) pairs (MXNet's get_name_value)."""
+        return [(self.name, _mean(self.sum_metric, self.num_inst))]
+
+    def get_global(self) -> NameValues:
+        """The global value(s) as (name, value) pairs (MXNet's get_global_name_value)."""
+        return [(self.name, _mean(self.global_sum_metric, self.global_num_inst))]
+
+
+def _check_same_size(name: str, label: np.ndarray, predicted: np.ndarray) -> None:
+    if label.size != predicted.size:
+        raise ValueError(f"metric {name}: {label.size} labels but {predicted.size} predictions")
+
+
+class Accuracy(EvalMetric):
+    """Share of samples whose highest-scoring class is the label (labels cast to int32, as MXNet)."""
+
+    def __init__(self):
+        super().__init__("accuracy")
+
+    def _pair_statistics(self, label, output):
+        # MXNet takes argmax over axis 1 unless the output already holds class indices.
+        predicted = output.argmax(axis=1) if output.shape != label.shape else output
+        predicted = predicted.astype(np.int32).ravel()
+        label = label.astype(np.int32).ravel()
+        _check_same_size(self.name, label, predicted)
+        return int((predicted == label).sum()), predicted.size
+
+
+class TopKAccuracy(EvalMetric):
+    """Share of samples whose label is among the `top_k` highest-scoring classes."""
+
+    def __init__(self, top_k: int):
+        if not isinstance(top_k, int) or top_k < 2:
+            raise ConfigError(f"top_k: top_k_accuracy needs top_k >= 2 (1 is plain accuracy), got {top_k!r}")
+        super().__init__(f"top_k_accuracy_{top_k}")
+        self.top_k = top_k
+
+    def _pair_statistics(self, label, output):
+        if output.ndim != 2:
+            raise ValueError(f"metric {self.name}: expected (batch, classes) outputs, got shape {output.shape}")
+        num_classes = output.shape[1]
+        top_k = min(self.top_k, num_classes)  # MXNet's argpartition fails past num_classes; all classes count
+        # MXNet's own call: argpartition of float32 scores, the last top_k columns are the top k.
+        ranked = np.argpartition(output.astype(np.float32), -top_k, axis=1)[:, num_classes - top_k:]
+        label = label.astype(np.int32).ravel()
+        _check_same_size(self.name, label, ranked[:, 0])
+        return int((ranked == label[:, None]).sum()), label.size
+
+
+class CrossEntropy(EvalMetric):
+    """Mean over samples of -log(p[label] + eps), p the output probabilities (MXNet CrossEntropy)."""
+
+    def __init__(self, eps: float = 1e-12):
+        super().__init__("cross-entropy")
+        self.eps = eps
+
+    def _pair_statistics(self, label, output):
+        label = label.ravel().astype(np.int64)
+        if output.ndim != 2 or output.shape[0] != label.size:
+            raise ValueError(f"metric {self.name}: {label.size} labels for outputs of shape {output.shape}")
+        probability = output[np.arange(label.size), label]
+        return float((-np.log(probability + self.eps)).sum()), label.size
+
+
+class F1(EvalMetric):
+    """Binary F1 (class 1 positive, prediction = argmax), MXNet's average="macro": each update's
+    F1 is computed from that update's counts alone, and the value is their mean over updates, so
+    one update is one batch (MXNet: one device's slice of it). An update without a true positive
+    scores 0, as in MXNet."""
+
+    def __init__(self):
+        super().__init__("f1")
+
+    def _statistics(self, labels, outputs):
+        true_positives = false_positives = false_negatives = 0
+        for label, output in zip(labels, outputs):
+            label = label.astype(np.int32).ravel()
+            predicted = output.argmax(axis=1).ravel()
+            _check_same_size(self.name, label, predicted)
+            if np.unique(label).size > 2:
+                raise ConfigError("metric f1 supports binary classification only; the labels hold more than 2 classes")
+            predicted_positive, actual_positive = predicted == 1, label == 1
+            true_positives += int((predicted_positive & actual_positive).sum())
+            false_positives += int((predicted_positive & ~actual_positive).sum())
+            false_negatives += int((~predicted_positive & actual_positive).sum())
+        precision = _ratio(true_positives, true_positives + false_positives)
+        recall = _ratio(true_positives, true_positives + false_negatives)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        return f1, 1
+
+
+def _ratio(part: int, whole: int) -> float:
+    return part / whole if whole > 0 else 0.0
+
+
+class _Regression(EvalMetric):
+    """MXNet's MAE/MSE/RMSE: each (label, output) pair gives one batch mean, and the value is the
+    mean of those batch means (not a per-sample mean; RMSE is the mean of per-batch RMSEs). A 1-D
+    label or output is taken as a column, so (N,) labels against (N, 1) outputs line up."""
+
+    def _pair_statistics(self, label, output):
+        label = label.reshape(label.shape[0], 1) if label.ndim == 1 else label
+        output = output.reshape(output.shape[0], 1) if output.ndim == 1 else output
+        return float(self._batch_value(label - output)), 1
+
+    def _batch_value(self, error: np.ndarray) -> float:
+        raise NotImplementedError
+
+
+class MAE(_Regression):
+    def __init__(self):
+        super().__init__("mae")
+
+    def _batch_value(self, error):
+        return np.abs(error).mean()
+
+
+class MSE(_Regression):
+    def __init__(self):
+        super().__init__("mse")
+
+    def _batch_value(self, error):
+        return (error ** 2.0).mean()
+
+
+class RMSE(_Regression):
+    def __init__(self):
+        super().__init__("rmse")
+
+    def _batch_value(self, error):
+        return np.sqrt((error ** 2.0).mean())
+
+
+class CompositeMetric(EvalMetric):
+    """Several metrics updated together; get() lists each child's (name, value) in order."""
+
+    def __init__(self, metrics: Sequence[EvalMetric]):
+        self.metrics = list(metrics)
+        super().__init__("composite")
+
+    def update(self, labels: Any, outputs: Any) -> None:
+        labels, outputs = _as_list(labels), _as_list(outputs)  # convert once for every child
+        for metric in self.metrics:
+            metric.update(labels, outputs)
+
+    def reset_local(self) -> None:
+        for metric in self.metrics:
+            metric.reset_local()
+
+    def reset(self) -> None:
+        for metric in self.metrics:
+            metric.reset()
+
+    def get(self) -> NameValues:
+        return [pair for metric in self.metrics for pair in metric.get()]
+
+    def get_global(self) -> NameValues:
+        return [pair for metric in self.metrics for pair in metric.get_global()]
+
+
+# MXNet's registry names and aliases for the metrics fit.py users pick.
+_METRICS = {
+    "accuracy": Accuracy,
+    "acc": Accuracy,
+    "top_k_accuracy": TopKAccuracy,
+    "top_k_acc": TopKAccuracy,
+    "ce": CrossEntropy,
+    "cross-entropy": CrossEntropy,
+    "f1": F1,
+    "mae": MAE,
+    "mse": MSE,
+    "rmse": RMSE,
+}
+METRIC_NAMES = tuple(_METRICS)
+
+
+def create_metric(names: Sequence[str], top_k: int = 0) -> CompositeMetric:
+    """The metrics fit.py evaluates: `names` (e.g. the config's ["accuracy"]), plus
+    top_k_accuracy_<top_k> when top_k > 0 and `names` does not already ask for it."""
+    if not isinstance(top_k, int) or top_k < 0:
+        raise ConfigError(f"top_k: expected a non-negative integer, got {top_k!r}")
+    metrics: list[EvalMetric] = []
+    for name in names:
+        kind = _METRICS.get(name.lower())
+        if kind is None:
+            raise ConfigError(f"unknown metric {name!r}; valid: {', '.join(METRIC_NAMES)}")
+        metrics.append(kind(top_k) if kind is TopKAccuracy else kind())
+    if top_k > 0 and not any(isinstance(metric, TopKAccuracy) for metric in metrics):
+        metrics.append(TopKAccuracy(top_k))
+    return CompositeMetric(metrics)
+
+
+# --- log lines, exactly as MXNet prints them (tools/parse_log.py and users' scripts read them) ---
+
+
+def speedometer_line(epoch: int, batch_start: int, batch_end: int, speed: float, name_values: NameValues) -> str:
+    """Speedometer's report. With auto_reset MXNet prints `Batch [end-frequent-end]` (the first
+    report of an epoch reads `Batch [0-20]` for frequent 20, batch indices counting from 0);
+    without it, `Batch [0-end]`."""
+    line = "Epoch[%d] Batch [%d-%d]\tSpeed: %.2f samples/sec" % (epoch, batch_start, batch_end, speed)
+    return line + "".join("\t%s=%f" % (name, value) for name, value in name_values)
+
+
+def train_line(epoch: int, name: str, value: float) -> str:
+    return "Epoch[%d] Train-%s=%f" % (epoch, name, value)
+
+
+def time_cost_line(epoch: int, seconds: float) -> str:
+    return "Epoch[%d] Time cost=%.3f" % (epoch, seconds)
+
+
+def validation_line(epoch: int, name: str, value: float) -> str:
+    return "Epoch[%d] Validation-%s=%f" % (epoch, name, value)
+
+
+def checkpoint_line(path: str) -> str:
+    """After each saved parameter file (MXNet's save_checkpoint), the path of the .params file."""
+    return 'Saved checkpoint to "%s"' % (path,)
+
+
+def io_speed_line(batch: int, speed: float) -> str:
+    """fit.py --test-io: every disp_batches batches, `batch` the 0-based index of the last one."""
+    return "Batch [%d]\tSpeed: %.2f samples/sec" % (batch, speed)
