@@ -1,0 +1,48 @@
+"""flow: MXNet's fit.py training pipeline as Trio actors on PyTorch, reading MXNet RecordIO.
+
+    import flow, trio
+
+    config = flow.load_config("examples/train.toml", ["train.num_epochs=2"])
+
+    async def main():
+        async with flow.open_run(config) as run:
+            async for event in run.events():
+                print(event)
+            print(await run.wait())
+
+    trio.run(main)
+
+Names are imported on first use, so `import flow` (and the CLI) stays quick and torch loads
+only when a run needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Config": "flow.config",
+    "load_config": "flow.config",
+    "config_from_dict": "flow.config",
+    "FlowError": "flow.errors",
+    "ConfigError": "flow.errors",
+    "open_run": "flow.run",
+    "train": "flow.run",
+    "Run": "flow.run",
+    "RunResult": "flow.run",
+    "test_io": "flow.test_io",
+    "read_events": "flow.event_log",
+    "events": "flow.events",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'flow' has no attribute {name!r}")
+    module = importlib.import_module(module_name)
+    value = module if module_name.rsplit(".", 1)[1] == name else getattr(module, name)
+    globals()[name] = value
+    return value

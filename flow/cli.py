@@ -16,6 +16,9 @@ from flow.errors import FlowError
 COMMANDS = {
     "im2rec": "flow.im2rec",
     "inspect": "flow.inspect",
+    "run": "flow.run_command",
+    "events": "flow.events_command",
+    "plot": "flow.plot",
 }
 
 

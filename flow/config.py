@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -212,7 +213,7 @@ def _section(section_name: str, cls: type, values: dict, source, base_dir: Path 
         if meta["check"] and not meta["check"](value):
             raise ConfigError(f"{name}: expected {meta['expect']}, got {value!r}", source)
         if meta["path"] and value and base_dir is not None:
-            value = str(base_dir / value) if not Path(value).is_absolute() else value
+            value = value if Path(value).is_absolute() else os.path.normpath(base_dir / value)
         checked[key] = value
     return cls(**checked)
 

@@ -1,0 +1,46 @@
+"""The checkpoint actor: writes each Save it receives, keeps the last `keep`, announces CheckpointSaved.
+
+Writing happens in a worker thread, so training goes on while the files are written; the
+channel into this actor is bounded, so a slow disk holds training back rather than memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import trio
+
+from flow import checkpoints
+from flow.events import CheckpointSaved
+
+log = logging.getLogger("flow")
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    model_prefix: str
+    keep: int  # 0: keep every checkpoint
+
+
+@dataclass(frozen=True)
+class Save:
+    epoch: int  # epochs completed, as fit.py numbers checkpoints (the first is 0001)
+    model_state: dict
+    states: dict
+    model_spec: dict | None
+
+
+async def checkpoint(settings: CheckpointSettings, save_channel: trio.MemoryReceiveChannel,
+                     event_channel: trio.MemorySendChannel) -> None:
+    prefix = settings.model_prefix
+    with save_channel, event_channel:  # sync close: an async one could let Cancelled hide our error
+        async for save in save_channel:
+            await trio.to_thread.run_sync(checkpoints.save_checkpoint, prefix, save.epoch, save.model_state,
+                                          save.states, save.model_spec)
+            params = checkpoints.params_path(prefix, save.epoch)
+            log.info('Saved checkpoint to "%s"', params)
+            if settings.keep:
+                for old_epoch in checkpoints.saved_epochs(prefix)[: -settings.keep]:
+                    checkpoints.remove_checkpoint(prefix, old_epoch)
+            await event_channel.send(CheckpointSaved(save.epoch, str(params), str(checkpoints.states_path(prefix, save.epoch))))

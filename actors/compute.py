@@ -1,0 +1,136 @@
+"""The compute actor: one per device, owns a model replica and runs forward_backward on its slice.
+
+All torch work of a step (load the newest weights, forward, backward, and with a single device the
+optimizer update too) is one worker-thread call, so the Trio side pays one hop per step. The
+replica only reads the weights the fit loop hands it in `Work.weights`; the parameter server
+never touches the replica, and the protocol (no new Work before the previous update is done)
+keeps the two from racing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import trio
+
+from flow.optim import Updater
+from flow.seeding import derive_seed
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    device: str
+    replica: int
+    precision: str  # "fp32" or "bf16" (autocast)
+    seed: int
+
+
+@dataclass(frozen=True)
+class Work:
+    """One slice of a batch. kind: "train" (forward_backward), "eval" (forward), "snapshot" (state)."""
+
+    kind: str
+    epoch: int
+    index: int
+    data: torch.Tensor | None = None
+    label: torch.Tensor | None = None
+    weight: torch.Tensor | None = None  # 1 per real sample, 0 per pad: pads count in no loss and no metric
+    scale: float = 1.0  # 1 / real samples in the whole batch: the update averages over the global batch
+    weights: list[torch.Tensor] | None = None  # newest master weights to load first (several replicas)
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    replica: int
+    kind: str
+    epoch: int
+    index: int
+    outputs: torch.Tensor | None = None  # probabilities, float32 on the CPU (what MXNet's metrics read)
+    loss: float = 0.0  # summed over the real samples of the slice
+    gradients: list[torch.Tensor] | None = None  # summed over samples; only when a server does the update
+    state: dict | None = None  # snapshot: model state_dict (CPU copies) and updater state
+
+
+class _Replica:
+    """The torch side of a compute actor; every method runs in the actor's worker thread."""
+
+    def __init__(self, settings: ComputeSettings, model: torch.nn.Module, loss_fn: Callable,
+                 make_updater: Callable[[list[torch.Tensor]], Updater] | None):
+        self.settings = settings
+        self.device = torch.device(settings.device)
+        self.model = model.to(self.device)
+        self.parameters = list(self.model.parameters())
+        self.loss_fn = loss_fn
+        self.updater = None if make_updater is None else make_updater(self.parameters)
+        self.seeded_epoch = None
+
+    def autocast(self):
+        if self.settings.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def load(self, weights: list[torch.Tensor] | None) -> None:
+        if weights is not None:
+            torch._foreach_copy_(self.parameters, [w.to(self.device, non_blocking=True) for w in weights])
+
+    def train_step(self, work: Work) -> SliceResult:
+        if self.seeded_epoch != work.epoch:
+            # Dropout and friends draw from torch's RNG: seeding it per epoch makes a resumed run replay.
+            torch.manual_seed(derive_seed(self.settings.seed, "compute", work.epoch, self.settings.replica))
+            self.seeded_epoch = work.epoch
+        self.load(work.weights)
+        self.model.train()
+        data = work.data.to(self.device, non_blocking=True)
+        label = work.label.to(self.device, non_blocking=True)
+        weight = work.weight.to(self.device, non_blocking=True)
+        for parameter in self.parameters:
+            parameter.grad = None
+        with self.autocast():
+            logits = self.model(data)
+        loss = (self.loss_fn(logits.float(), label) * weight).sum()
+        loss.backward()
+        outputs = torch.softmax(logits.detach().float(), dim=1).cpu()
+        if self.updater is not None:
+            self.updater.step(work.scale)
+            return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs, loss.item())
+        gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs, loss.item(), gradients)
+
+    @torch.no_grad()
+    def eval_step(self, work: Work) -> SliceResult:
+        self.load(work.weights)
+        self.model.eval()
+        with self.autocast():
+            logits = self.model(work.data.to(self.device, non_blocking=True))
+        outputs = torch.softmax(logits.float(), dim=1).cpu()
+        return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs)
+
+    @torch.no_grad()
+    def snapshot(self, work: Work) -> SliceResult:
+        self.load(work.weights)
+        state = {"model": {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.model.state_dict().items()}}
+        if self.updater is not None:
+            state["updater"] = self.updater.state_dict()
+        return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, state=state)
+
+    def run(self, work: Work) -> SliceResult:
+        return {"train": self.train_step, "eval": self.eval_step, "snapshot": self.snapshot}[work.kind](work)
+
+
+async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Callable,
+                  work_channel: trio.MemoryReceiveChannel, result_channel: trio.MemorySendChannel,
+                  make_updater: Callable[[list[torch.Tensor]], Updater] | None = None) -> None:
+    """Runs each Work in this device's one worker thread and sends its SliceResult on.
+
+    With `make_updater` (one device, no kvstore) the replica updates its own weights each step.
+    """
+    one_thread = trio.CapacityLimiter(1)  # one thread per device keeps CUDA streams simple
+    replica = await trio.to_thread.run_sync(_Replica, settings, model, loss_fn, make_updater, limiter=one_thread)
+    with work_channel, result_channel:  # sync close: an async one could let Cancelled hide our error
+        async for work in work_channel:
+            result = await trio.to_thread.run_sync(replica.run, work, limiter=one_thread)
+            await result_channel.send(result)

@@ -1,0 +1,38 @@
+"""The feed actor: batches from the user's own async iterable, in place of the RecordIO loader.
+
+`source` is an async iterable of batches, iterated once per epoch, or a callable that takes the
+epoch number and returns one. A batch is the loader's `Batch` or a `(data, label)` pair of
+tensors. The actor speaks the loader's protocol: the epoch's batches, then `EpochEnd`.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterable, Callable
+
+import torch
+import trio
+
+from actors.loader import Batch, EpochEnd
+from flow.errors import FlowError
+
+
+async def feed(source: AsyncIterable | Callable[[int], AsyncIterable], send_channel: trio.MemorySendChannel,
+               begin_epoch: int = 0, num_epochs: int = 1) -> None:
+    with send_channel:  # sync close: an async one could let Cancelled hide our error
+        for epoch in range(begin_epoch, begin_epoch + num_epochs):
+            batches = source(epoch) if callable(source) else source
+            index = samples = 0
+            async for item in batches:
+                batch = item if isinstance(item, Batch) else _as_batch(epoch, index, item)
+                await send_channel.send(batch)
+                index += 1
+                samples += batch.data.shape[0] - batch.pad
+            await send_channel.send(EpochEnd(epoch, index, samples))
+
+
+def _as_batch(epoch: int, index: int, item) -> Batch:
+    try:
+        data, label = item
+    except (TypeError, ValueError):
+        raise FlowError(f"custom data: batch {index} of epoch {epoch} is not a Batch or a (data, label) pair") from None
+    return Batch(epoch, index, torch.as_tensor(data), torch.as_tensor(label), 0)

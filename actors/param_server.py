@@ -1,0 +1,88 @@
+"""The parameter-server actor: MXNet's kvstore for several replicas.
+
+It owns the master weights and the optimizer state. Each step it sums the replicas' gradients
+(`local`: on the CPU; `device`: on the first device), runs one optimizer update, and hands back
+the new master weights, which the fit loop passes to every replica with its next slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import trio
+
+from flow.optim import Updater
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    kv_store: str  # "local" or "device"
+    devices: tuple[str, ...]
+
+    @property
+    def master_device(self) -> torch.device:
+        return torch.device("cpu" if self.kv_store == "local" else self.devices[0])
+
+
+@dataclass(frozen=True)
+class Update:
+    """The gradients of one step, one list per replica, each summed over that replica's samples."""
+
+    epoch: int
+    index: int
+    gradients: list[list[torch.Tensor]]
+    scale: float  # 1 / real samples in the global batch
+
+
+@dataclass(frozen=True)
+class StateRequest:
+    """Asks for the updater's state (for a checkpoint)."""
+
+
+@dataclass(frozen=True)
+class Updated:
+    num_update: int
+    lr: float  # the lr of the next update
+    weights: list[torch.Tensor]  # the master weights; replicas copy them, nobody writes them
+    updater_state: dict | None = None  # only in answer to a StateRequest
+
+
+class _Server:
+    """The torch side; every method runs in the server's worker thread."""
+
+    def __init__(self, settings: ServerSettings, initial_weights: list[torch.Tensor],
+                 make_updater: Callable[[list[torch.Tensor]], Updater]):
+        device = settings.master_device
+        self.weights = [w.detach().to(device, copy=True).requires_grad_(w.requires_grad) for w in initial_weights]
+        self.updater = make_updater(self.weights)
+        self.device = device
+
+    def update(self, message: Update) -> Updated:
+        for position, weight in enumerate(self.weights):
+            total = message.gradients[0][position].to(self.device, copy=True)
+            for replica_gradients in message.gradients[1:]:
+                total.add_(replica_gradients[position].to(self.device))
+            weight.grad = total
+        self.updater.step(message.scale)
+        return Updated(self.updater.num_update, self.updater.lr, [w.detach() for w in self.weights])
+
+    def state(self) -> Updated:
+        return Updated(self.updater.num_update, self.updater.lr, [w.detach() for w in self.weights],
+                       updater_state=self.updater.state_dict())
+
+
+async def param_server(settings: ServerSettings, initial_weights: list[torch.Tensor],
+                       make_updater: Callable[[list[torch.Tensor]], Updater],
+                       request_channel: trio.MemoryReceiveChannel, reply_channel: trio.MemorySendChannel) -> None:
+    """Answers each Update (or StateRequest) with Updated, in order."""
+    one_thread = trio.CapacityLimiter(1)
+    server = await trio.to_thread.run_sync(_Server, settings, initial_weights, make_updater, limiter=one_thread)
+    with request_channel, reply_channel:  # sync close: an async one could let Cancelled hide our error
+        async for request in request_channel:
+            if isinstance(request, Update):
+                reply = await trio.to_thread.run_sync(server.update, request, limiter=one_thread)
+            else:
+                reply = await trio.to_thread.run_sync(server.state, limiter=one_thread)
+            await reply_channel.send(reply)

@@ -1,0 +1,86 @@
+"""What a run tells the world: small frozen dataclasses of plain data (numbers, strings, lists).
+
+Plain data so that msgpack writes them to the event log and a user reads them without torch.
+`metrics` are lists of (name, value) pairs in the metric's own order, as MXNet's `get_name_value`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    begin_epoch: int
+    num_epochs: int
+    devices: list[str]
+    kv_store: str
+    num_parameters: int
+
+
+@dataclass(frozen=True)
+class BatchEnd:
+    """Every `disp_batches` batches: Speedometer's figures since the last report (local metrics)."""
+
+    epoch: int
+    batch: int  # batches done in this epoch
+    samples_per_second: float
+    metrics: list[tuple[str, float]]
+    lr: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """A training epoch's global metrics and its time cost."""
+
+    epoch: int
+    metrics: list[tuple[str, float]]
+    seconds: float
+    samples: int
+    batches: int
+
+
+@dataclass(frozen=True)
+class Validation:
+    epoch: int
+    metrics: list[tuple[str, float]]
+    samples: int
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    epoch: int
+    params_path: str
+    states_path: str
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    epochs: int  # epochs run (not counting those a resume skipped)
+    updates: int  # optimizer updates in all, including those before a resume
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunFailed:
+    error_type: str
+    message: str
+
+
+EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, BatchEnd, EpochEnd, Validation, CheckpointSaved,
+                                             RunFinished, RunFailed)}
+
+
+def event_to_dict(event) -> dict:
+    """{"event": type name, **fields}: what the event log stores."""
+    return {"event": type(event).__name__, **dataclasses.asdict(event)}
+
+
+def event_from_dict(record: dict):
+    """The event a dict from `event_to_dict` (or the event log) describes; pairs come back as tuples."""
+    fields = dict(record)
+    cls = EVENT_TYPES[fields.pop("event")]
+    if "metrics" in fields:
+        fields["metrics"] = [tuple(pair) for pair in fields["metrics"]]
+    return cls(**fields)

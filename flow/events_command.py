@@ -1,0 +1,35 @@
+"""Print a run's event log: `flow events PREFIX-events.msgpack [--json]`.
+
+Without --json, one readable line per event; with it, JSON lines (one object per event), ready
+for jq or pandas.read_json(lines=True).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("log", help="the {model_prefix}-events.msgpack file of a run")
+    parser.add_argument("--json", action="store_true", help="JSON lines instead of text")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flow.event_log import read_event_records
+
+    for record in read_event_records(args.log):
+        if args.json:
+            print(json.dumps(record))
+        else:
+            kind = record.pop("event")
+            print(kind, " ".join(f"{key}={_text(value)}" for key, value in record.items()))
+    return 0
+
+
+def _text(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list) and all(isinstance(pair, list) and len(pair) == 2 for pair in value):
+        return ",".join(f"{name}:{number:g}" for name, number in value)
+    return str(value)

@@ -1,0 +1,52 @@
+"""One optimizer update, as MXNet's updater: average the summed gradients, clip, set the lr, step.
+
+Used by the parameter server (several replicas) and by the compute actor itself when there is one
+device and no kvstore, as MXNet does (`_create_kvstore` gives no kvstore for one local device).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from flow.config import TrainConfig
+
+
+class Updater:
+    """Owns an optimizer over `parameters` and the count of updates the lr schedule reads."""
+
+    def __init__(self, parameters: list[torch.Tensor], train: TrainConfig, schedule):
+        self.parameters = list(parameters)
+        self.schedule = schedule
+        self.clip_gradient = train.clip_gradient
+        self.num_update = 0
+        if train.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.parameters, lr=train.lr, momentum=train.mom,
+                                             weight_decay=train.wd, nesterov=train.nesterov and train.mom > 0)
+        else:
+            self.optimizer = torch.optim.Adam(self.parameters, lr=train.lr, weight_decay=train.wd)
+
+    @property
+    def lr(self) -> float:
+        """The lr of the next update."""
+        return self.schedule.lr_at(self.num_update + 1)
+
+    def step(self, scale: float) -> None:
+        """Updates the parameters from their `.grad`, which hold sums over samples; `scale` = 1 / samples."""
+        gradients = [p.grad for p in self.parameters if p.grad is not None]
+        torch._foreach_mul_(gradients, scale)
+        if self.clip_gradient > 0:
+            # MXNet's clip_gradient clips each element to [-c, c], not the norm.
+            torch._foreach_clamp_min_(gradients, -self.clip_gradient)
+            torch._foreach_clamp_max_(gradients, self.clip_gradient)
+        lr = self.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.num_update += 1
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "num_update": self.num_update}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_update = int(state["num_update"])

@@ -1,0 +1,311 @@
+"""A training run: the one place where the actors are made and wired together.
+
+    async with flow.open_run(config) as run:
+        async for event in run.events():
+            ...
+        result = await run.wait()
+
+Every actor is a task in one nursery that lives inside the caller's `async with`: an actor's
+exception cancels the others and comes out of `open_run` as itself; leaving the block or
+cancelling the caller's scope cancels every actor, and each closes what it owns.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+import torch
+import torch.nn.functional as F
+import trio
+
+from actors import loader as loader_actor
+from actors.bus import Subscription, bus
+from actors.feed import feed
+from actors.checkpoint import CheckpointSettings, checkpoint
+from actors.compute import ComputeSettings, compute
+from actors.metrics import MetricSettings, metrics
+from actors.param_server import ServerSettings, param_server
+from flow import checkpoints, models
+from flow.config import Config
+from flow.errors import ConfigError
+from flow.event_log import EventLogWriter, event_log_path
+from flow.events import CheckpointSaved, EpochEnd, RunFailed, RunFinished, Validation
+from flow.fit import FitChannels, FitSettings, fit
+from flow.lr_schedule import build_schedule, updates_per_epoch
+from flow.optim import Updater
+from flow.recordio import IndexedRecordReader
+from flow.seeding import derive_seed
+
+
+def softmax_cross_entropy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss of MXNet's SoftmaxOutput: cross-entropy of softmax(logits) with integer labels."""
+    return F.cross_entropy(logits, label.long(), reduction="none")
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports: the last epoch's figures, and every checkpoint it wrote."""
+
+    epochs: int = 0
+    updates: int = 0
+    seconds: float = 0.0
+    train_metrics: list[tuple[str, float]] = field(default_factory=list)
+    validation_metrics: list[tuple[str, float]] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)
+
+
+class Run:
+    """A run in progress: subscribe to its events, wait for its result, or cancel it."""
+
+    def __init__(self, cancel_scope: trio.CancelScope, subscriptions: list[Subscription]):
+        self._cancel_scope = cancel_scope
+        self._subscriptions = subscriptions
+        self._finished = trio.Event()
+        self._result = RunResult()
+        self._tracker = self.events()
+
+    def events(self, max_buffer: int = 1024, policy: str = "block") -> Subscription:
+        """Every event from now on. Call it before the first await inside `open_run` to see RunStarted.
+
+        policy "block": a subscriber that falls behind holds training back once `max_buffer`
+        events wait; "drop_oldest": it never does, and `subscription.dropped` counts what it lost.
+        """
+        subscription = Subscription(max_buffer, policy)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def wait(self) -> RunResult:
+        """Waits until the run ends and returns its result (an actor's error is raised by open_run)."""
+        await self._finished.wait()
+        return self._result
+
+    def cancel(self) -> None:
+        self._cancel_scope.cancel()
+
+    async def _track(self) -> None:
+        async for event in self._tracker:
+            if isinstance(event, EpochEnd):
+                self._result.train_metrics = event.metrics
+            elif isinstance(event, Validation):
+                self._result.validation_metrics = event.metrics
+            elif isinstance(event, CheckpointSaved):
+                self._result.checkpoints.append(event.params_path)
+            elif isinstance(event, RunFinished):
+                self._result.epochs, self._result.updates, self._result.seconds = event.epochs, event.updates, event.seconds
+        self._finished.set()
+
+
+@asynccontextmanager
+async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss: Callable | None = None,
+                   train_data=None, val_data=None) -> AsyncIterator[Run]:
+    """Starts a run of `config`.
+
+    `model` and `loss` (per-sample, like `softmax_cross_entropy`) replace the configured network
+    and loss; `train_data` and `val_data` replace the RecordIO files: an async iterable of batches
+    (iterated once per epoch) or a callable epoch -> async iterable, as `actors.feed` describes.
+    """
+    plan = _plan(config, model, train_data, val_data)
+    try:
+        async with trio.open_nursery() as nursery:
+            run = Run(nursery.cancel_scope, plan.subscriptions)
+            nursery.start_soon(run._track)
+            event_send, event_receive = trio.open_memory_channel(0)
+            log = EventLogWriter(event_log_path(config.checkpoint.model_prefix)) if config.checkpoint.model_prefix else None
+            nursery.start_soon(bus, event_receive, plan.subscriptions, log)
+            nursery.start_soon(_training, config, plan, loss or softmax_cross_entropy, event_send)
+            yield run
+            nursery.cancel_scope.cancel()  # leaving the block ends the run, finished or not
+    except BaseExceptionGroup as group:
+        raise _single_error(group) from None
+
+
+async def train(config: Config, **options) -> RunResult:
+    """Runs `config` to the end and returns its result (`options` as for open_run)."""
+    async with open_run(config, **options) as run:
+        return await run.wait()
+
+
+# What the other actors see when one dies: its channels close under them. Not the cause.
+_ECHOES = (trio.Cancelled, trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+def _single_error(group: BaseExceptionGroup) -> BaseException:
+    """The failing actor's own exception out of the nursery's group, without the echoes in the others."""
+    errors = list(_leaves(group))
+    causes = [error for error in errors if not isinstance(error, _ECHOES)]
+    if len(causes) == 1:
+        return causes[0]
+    return errors[0] if len(errors) == 1 else group
+
+
+def _leaves(error: BaseException):
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
+
+
+@dataclass
+class _Plan:
+    """Everything decided before any actor starts: a bad config fails here, before training."""
+
+    model: torch.nn.Module
+    model_spec: dict | None
+    begin_epoch: int
+    begin_update: int
+    updater_state: dict | None
+    schedule: object
+    train_loader: loader_actor.LoaderSettings | None  # None: the caller's train_data
+    val_loader: loader_actor.LoaderSettings | None
+    train_data: object
+    val_data: object
+    batches_per_epoch: int  # 0: unknown (custom data)
+    subscriptions: list[Subscription] = field(default_factory=list)
+
+
+def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -> _Plan:
+    data, train, saving = config.data, config.train, config.checkpoint
+    train_loader = val_loader = None
+    if train_data is None:
+        if not data.data_train and not data.benchmark:
+            raise ConfigError("data.data_train: expected the training .rec file, got nothing")
+        train_loader = loader_actor.LoaderSettings.from_config(data, "train", train.seed)
+        if data.data_val and val_data is None:
+            val_loader = loader_actor.LoaderSettings.from_config(data, "val", train.seed)
+    num_examples = data.num_examples or (_record_count(train_loader) if train_loader else 0)
+    if num_examples:
+        epoch_size = updates_per_epoch(num_examples, data.batch_size, data.num_parts)
+    elif train.lr_step_epochs or train.lr_schedule == "cosine" or train.warmup_epochs:
+        raise ConfigError("data.num_examples: the lr schedule counts in epochs, so custom data needs num_examples")
+    else:
+        epoch_size = 1  # a constant lr: the count never matters
+
+    begin_epoch, updater_state, model_state = saving.load_epoch, None, None
+    if begin_epoch:
+        if not saving.model_prefix:
+            raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
+        model_state, states = checkpoints.load_checkpoint(saving.model_prefix, begin_epoch)
+        updater_state = states["updater"]
+    model, spec = _model(config, model)
+    if model_state is not None:
+        model.load_state_dict(model_state)
+    schedule = build_schedule(
+        train.lr_schedule, train.lr, epoch_size=epoch_size, num_epochs=train.num_epochs,
+        lr_factor=train.lr_factor, lr_step_epochs=train.lr_step_epochs, begin_epoch=begin_epoch,
+        warmup_steps=math.ceil(train.warmup_epochs * epoch_size), warmup_begin_lr=train.warmup_begin_lr)
+    begin_update = updater_state["num_update"] if updater_state else epoch_size * begin_epoch
+    return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
+                 train_data, val_data, epoch_size if num_examples else 0)
+
+
+def _record_count(settings: loader_actor.LoaderSettings) -> int:
+    """Records an epoch reads (fit.py's num_examples when not given), over all shards."""
+    if settings.benchmark:
+        return loader_actor.SYNTHETIC_BATCHES * settings.batch_size
+    with IndexedRecordReader(settings.path, settings.index_path or None) as reader:
+        return len(reader)
+
+
+def _model(config: Config, model: torch.nn.Module | None) -> tuple[torch.nn.Module, dict | None]:
+    """The model to train and its spec: the caller's, a fine-tuned checkpoint, or the configured network."""
+    if model is not None:
+        return model, None
+    data, network = config.data, config.model
+    generator = torch.Generator().manual_seed(derive_seed(config.train.seed, "init"))
+    initializer = network.initializer if network.initializer != "auto" else models.default_initializer(network.network)
+    if network.pretrained_prefix:
+        spec = checkpoints.load_model_spec(network.pretrained_prefix)
+        pretrained = models.build_from_spec(spec)
+        pretrained.load_state_dict(checkpoints.load_checkpoint(network.pretrained_prefix, network.pretrained_epoch)[0])
+        tuned = models.fine_tune(pretrained, data.num_classes, network.layer_before_fullc or None,
+                                 image_shape=data.image_shape, initializer=initializer, generator=generator)
+        return tuned, models.with_fine_tune(spec, data.num_classes, network.layer_before_fullc or None, data.image_shape)
+    built = models.build_model(network.network, data.num_classes, data.image_shape, network.num_layers)
+    models.initialize(built, initializer, generator)
+    return built, models.model_spec(network.network, data.num_classes, data.image_shape, network.num_layers)
+
+
+async def _training(config: Config, plan: _Plan, loss: Callable, event_send: trio.MemorySendChannel) -> None:
+    """Runs the training actors; then, with every other event out, the summary (or the failure) as the last event."""
+    with event_send:
+        try:
+            async with trio.open_nursery() as nursery:
+                fit_summary = _start_actors(nursery, config, plan, loss, event_send)
+        except Exception as error:
+            failure = _single_error(error) if isinstance(error, BaseExceptionGroup) else error
+            await event_send.send(RunFailed(type(failure).__name__, str(failure)))
+            raise
+        await event_send.send(fit_summary.receive_nowait())
+
+
+def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss: Callable,
+                  event_send: trio.MemorySendChannel) -> trio.MemoryReceiveChannel:
+    """Starts every training actor; returns where the fit loop's summary (RunFinished) will be."""
+    data, train, saving = config.data, config.train, config.checkpoint
+    devices = train.devices
+    several = len(devices) > 1
+
+    def make_updater(parameters: list[torch.Tensor]) -> Updater:
+        updater = Updater(parameters, train, plan.schedule)
+        if plan.updater_state is not None:
+            updater.load_state_dict(plan.updater_state)
+        return updater
+
+    output_send, output_receive = trio.open_memory_channel(data.prefetch + 2)
+    nursery.start_soon(metrics, MetricSettings(train.metrics, train.top_k, data.batch_size, train.disp_batches,
+                                               plan.batches_per_epoch), output_receive, event_send.clone())
+    save_send = None
+    if saving.model_prefix:
+        save_send, save_receive = trio.open_memory_channel(1)
+        nursery.start_soon(checkpoint, CheckpointSettings(saving.model_prefix, saving.keep), save_receive,
+                           event_send.clone())
+
+    server_send = server_reply_receive = None
+    if several:
+        server_send, server_receive = trio.open_memory_channel(0)
+        server_reply_send, server_reply_receive = trio.open_memory_channel(1)
+        weights = [p.detach() for p in plan.model.parameters()]
+        nursery.start_soon(param_server, ServerSettings(train.kv_store, devices), weights, make_updater,
+                           server_receive, server_reply_send)
+
+    result_send, result_receive = trio.open_memory_channel(len(devices))
+    work_sends = []
+    for replica, device in enumerate(devices):
+        work_send, work_receive = trio.open_memory_channel(1)
+        work_sends.append(work_send)
+        replica_model = copy.deepcopy(plan.model) if replica else plan.model
+        nursery.start_soon(compute, ComputeSettings(device, replica, train.precision, train.seed), replica_model,
+                           loss, work_receive, result_send.clone(), None if several else make_updater)
+    result_send.close()
+
+    epochs = train.num_epochs - plan.begin_epoch
+    train_send, train_receive = trio.open_memory_channel(0)
+    if plan.train_loader is not None:
+        nursery.start_soon(loader_actor.loader, plan.train_loader, train_send, plan.begin_epoch, epochs)
+    else:
+        nursery.start_soon(feed, plan.train_data, train_send, plan.begin_epoch, epochs)
+    val_receive = None
+    if plan.val_loader is not None or plan.val_data is not None:
+        val_send, val_receive = trio.open_memory_channel(0)
+        if plan.val_loader is not None:
+            nursery.start_soon(loader_actor.loader, plan.val_loader, val_send, plan.begin_epoch, epochs)
+        else:
+            nursery.start_soon(feed, plan.val_data, val_send, plan.begin_epoch, epochs)
+
+    settings = FitSettings(plan.begin_epoch, train.num_epochs, devices, train.kv_store, saving.period, train.seed,
+                           plan.begin_update, sum(p.numel() for p in plan.model.parameters()), plan.schedule,
+                           plan.model_spec)
+    channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
+                           server_reply_receive, output_send, save_send, event_send.clone())
+    summary_send, summary_receive = trio.open_memory_channel(1)
+
+    async def fit_and_report() -> None:
+        summary_send.send_nowait(await fit(settings, channels))
+
+    nursery.start_soon(fit_and_report)
+    return summary_receive

@@ -1,0 +1,50 @@
+"""Train a model end to end from a train.toml: `flow run train.toml [--set section.key=value ...]`.
+
+Prints MXNet's log lines (Speedometer, Train-/Validation- metrics, Time cost, Saved checkpoint),
+which MXNet's tools/parse_log.py reads. `--resume` continues from the newest complete checkpoint
+of checkpoint.model_prefix (the same as checkpoint.load_epoch = that epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="the train.toml file")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key, e.g. --set train.lr=0.01 (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="resume from the newest checkpoint of model_prefix")
+
+
+def configure_logging() -> None:
+    """MXNet-style lines on stderr, time first, as fit.py's logging.basicConfig does."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger = logging.getLogger("flow")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from flow import checkpoints
+    from flow.config import load_config
+    from flow.errors import FlowError
+    from flow.run import train
+
+    overrides = list(args.set)
+    config = load_config(args.config, overrides)
+    if args.resume:
+        if not config.checkpoint.model_prefix:
+            raise FlowError("--resume needs checkpoint.model_prefix", args.config)
+        epochs = checkpoints.saved_epochs(config.checkpoint.model_prefix)
+        if epochs:
+            config = load_config(args.config, overrides + [f"checkpoint.load_epoch={epochs[-1]}"])
+    configure_logging()
+    trio.run(train, config)
+    return 0
