@@ -6,6 +6,8 @@ device and no kvstore, as MXNet does (`_create_kvstore` gives no kvstore for one
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from flow.config import TrainConfig
@@ -45,7 +47,8 @@ class Updater:
         self.num_update += 1
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "num_update": self.num_update}
+        """A copy: torch's own shares the live momentum tensors, which the next step changes in place."""
+        return {"optimizer": copy.deepcopy(self.optimizer.state_dict()), "num_update": self.num_update}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
