@@ -1,0 +1,534 @@
+"""The loader actor: a `.rec` file in, shuffled, sharded, decoded and augmented batches out.
+
+Per epoch the shard's records are put in that epoch's order (a permutation seeded by the seed
+and the epoch only, so a resumed run replays it) and cut into batches as `last_batch` says.
+Each batch is one preallocated tensor; its slices go to worker threads (`nthreads` at a time),
+each of which decodes its records with a decoder that releases the GIL, straight into a uint8
+NHWC buffer (the batch tensor itself for uint8 output), then jitters, mirrors and normalizes the
+whole slice with numpy. Where the record offsets, image bytes and labels are is read once, from
+the headers, with vectorized numpy when the file is opened.
+
+Batches leave in order on the channel. At most `prefetch` batches are being built or waiting
+to be sent, so memory stays flat however slow the consumer; give the loader an unbuffered
+channel for exactly that bound (a buffered one adds its buffer).
+"""
+
+from __future__ import annotations
+
+import math
+import mmap
+import os
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import trio
+
+from flow import augment
+from flow.augment import AugmentParams, AugmentSettings
+from flow.config import DataConfig
+from flow.errors import ConfigError, ImageError, RecordIOError
+from flow.image import decode
+from flow.recordio import IR_HEADER_SIZE, IndexedRecordReader, unpack
+from flow.seeding import derive_seed
+
+LAST_BATCH_MODES = ("pad", "discard", "roll_over")
+LAYOUTS = ("float32_nchw", "uint8_nhwc")
+SYNTHETIC_BATCHES = 500  # data.py's SyntheticDataIter: 500 batches an epoch when num_examples is unknown
+
+_LENGTH_MASK = (1 << 29) - 1
+_CHUNK_BYTES = 192 * 1024  # decoded images per normalize pass: well inside a core's L2 cache
+
+
+@dataclass(frozen=True)
+class Batch:
+    epoch: int
+    index: int  # batch number within the epoch
+    data: torch.Tensor  # float32 NCHW normalized, or uint8 NHWC; a fresh tensor per batch
+    label: torch.Tensor  # float32, (batch,) or (batch, label_width)
+    pad: int  # the last `pad` samples are filler, not part of the epoch (MXNet's DataBatch.pad)
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """Sent after the last Batch of an epoch."""
+
+    epoch: int
+    batches: int
+    samples: int  # real samples sent, pads not counted
+    skipped: int = 0  # bad records left out (skip_bad_records = true)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    path: str  # the .rec file
+    data_shape: tuple[int, int, int]  # C, H, W of one output image
+    batch_size: int
+    index_path: str = ""  # empty: the .idx beside `path`, or scan the file when there is none
+    nthreads: int = 4
+    prefetch: int = 2
+    shuffle: bool = False
+    num_parts: int = 1
+    part_index: int = 0
+    last_batch: str = "pad"
+    layout: str = "float32_nchw"
+    label_width: int = 1  # 1: as many labels as the records carry
+    skip_bad_records: bool = False
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # RGB
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    augment: AugmentSettings = AugmentSettings()
+    seed: int = 0
+    benchmark: bool = False  # synthetic random batches, no IO
+    num_classes: int = 1000  # benchmark labels
+    num_examples: int = 0  # benchmark epoch size (0: SYNTHETIC_BATCHES batches)
+
+    def __post_init__(self):
+        if self.data_shape[0] != 3:
+            raise ConfigError(f"data.image_shape: the loader makes RGB images (3 channels), got {self.data_shape}")
+        if self.last_batch not in LAST_BATCH_MODES:
+            raise ConfigError(f"data.last_batch: expected one of {LAST_BATCH_MODES}, got {self.last_batch!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"data.layout: expected one of {LAYOUTS}, got {self.layout!r}")
+        if not 0 <= self.part_index < self.num_parts:
+            raise ConfigError(f"data.part_index: expected 0 <= part_index < num_parts ({self.num_parts}), "
+                              f"got {self.part_index}")
+        if min(self.batch_size, self.nthreads, self.prefetch) < 1:
+            raise ConfigError("data.batch_size, data.data_nthreads and data.prefetch must be positive")
+
+    @classmethod
+    def from_config(cls, data: DataConfig, split: str, seed: int) -> LoaderSettings:
+        """The loader for `split` ("train" or "val"), as data.py builds ImageRecordIter.
+
+        Validation is read in file order, whole (`last_batch` = pad), with no random crop, mirror,
+        colour or affine augmentation and no padding, and not sharded: replace num_parts /
+        part_index on the result to shard it.
+        """
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        train = split == "train"
+        path = data.data_train if train else data.data_val
+        if not path and not data.benchmark:
+            raise ConfigError(f"data.data_{split}: no record file given")
+        if train:
+            augmentation = AugmentSettings(
+                resize=data.resize, rand_crop=data.random_crop, rand_mirror=data.random_mirror,
+                max_random_h=data.max_random_h, max_random_s=data.max_random_s, max_random_l=data.max_random_l,
+                max_aspect_ratio=data.max_random_aspect_ratio, max_rotate_angle=data.max_random_rotate_angle,
+                max_shear_ratio=data.max_random_shear_ratio, min_random_scale=data.min_random_scale,
+                max_random_scale=data.max_random_scale, pad=data.pad_size, fill_value=data.pad_value)
+        else:
+            augmentation = AugmentSettings(resize=data.resize, fill_value=data.pad_value)
+        return cls(
+            path=path, index_path=data.data_train_idx if train else data.data_val_idx,
+            data_shape=tuple(data.image_shape), batch_size=data.batch_size, nthreads=data.data_nthreads,
+            prefetch=data.prefetch, shuffle=data.shuffle and train,
+            num_parts=data.num_parts if train else 1, part_index=data.part_index if train else 0,
+            last_batch=data.last_batch if train else "pad", layout=data.layout, label_width=data.label_width,
+            skip_bad_records=data.skip_bad_records, mean=tuple(data.rgb_mean), std=tuple(data.rgb_std),
+            augment=augmentation, seed=seed, benchmark=data.benchmark, num_classes=data.num_classes,
+            num_examples=data.num_examples)
+
+
+async def loader(settings: LoaderSettings, send_channel: trio.MemorySendChannel,
+                 begin_epoch: int = 0, num_epochs: int = 1) -> None:
+    """Sends each epoch's Batches, then its EpochEnd, for `num_epochs` epochs from `begin_epoch`."""
+    async with send_channel:
+        with first_error():
+            if settings.benchmark:
+                await _send_synthetic(settings, send_channel, begin_epoch, num_epochs)
+                return
+            records = await trio.to_thread.run_sync(_Records, settings)
+            try:
+                await _send_batches(records, settings, send_channel, begin_epoch, num_epochs)
+            finally:
+                records.close()
+
+
+@contextmanager
+def first_error() -> Iterator[None]:
+    """Re-raises the first real error from the loader's task groups on its own, so callers can catch a
+    FlowError rather than an ExceptionGroup around one."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        error = _first_leaf(group)
+        if error is None:
+            raise
+        raise error from None
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException | None:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            error = _first_leaf(error)
+        if error is not None and not isinstance(error, trio.Cancelled):
+            return error
+    return None
+
+
+# --------------------------------------------------------------------------- the records
+
+
+class _Records:
+    """An open `.rec`: where each record's image bytes are and every label, read once from the headers.
+
+    Records split into several parts (their bytes hold the RecordIO magic; rare) are joined once
+    here and kept in memory; all others are sliced from a memory map when decoded.
+    """
+
+    def __init__(self, settings: LoaderSettings):
+        self.path = Path(settings.path)
+        index_path = Path(settings.index_path) if settings.index_path else None
+        if index_path is not None and not index_path.exists():
+            raise RecordIOError("no such file", index_path)
+        with IndexedRecordReader(self.path, index_path) as reader:
+            self.keys, self.offsets = reader.keys, reader.offsets
+            with open(self.path, "rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                self.memory = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+            problems = self._read_headers(reader, size, settings.label_width)
+        if problems and not settings.skip_bad_records:
+            position, message = min(problems.items())
+            self.close()
+            raise self.error(position, message, RecordIOError)
+        self.bad = np.zeros(len(self.offsets), dtype=bool)
+        self.bad[list(problems)] = True
+
+    def _read_headers(self, reader: IndexedRecordReader, size: int, label_width: int) -> dict[int, str]:
+        """Fills image_start/image_end/joined/labels; returns {position: what is wrong} for bad records."""
+        data = np.frombuffer(self.memory, dtype=np.uint8) if size else np.zeros(8, dtype=np.uint8)
+        offsets = self.offsets
+        count = len(offsets)
+        problems: dict[int, str] = {}
+        start = offsets + 8
+        lrec = _u32(data, offsets + 4)
+        length = (lrec & _LENGTH_MASK).astype(np.int64)
+        whole = (lrec >> 29) == 0
+        end = start + length
+        truncated = whole & (end > size)
+        short = whole & ~truncated & (length < IR_HEADER_SIZE)
+        readable = whole & ~truncated & ~short
+        header_at = np.where(readable, start, 0)
+        flag = np.where(readable, _u32(data, header_at), 0).astype(np.int64)
+        image_start = np.where(readable, start + IR_HEADER_SIZE + 4 * flag, -1)
+        overflow = readable & (image_start > end)
+        for position in np.flatnonzero(truncated):
+            problems[position] = (f"truncated record: header says {length[position]} bytes, "
+                                  f"{size - start[position]} left in the file")
+        for position in np.flatnonzero(short):
+            problems[position] = f"record of {length[position]} bytes is too short for an image record header"
+        for position in np.flatnonzero(overflow):
+            problems[position] = f"header says {flag[position]} labels but the record has {length[position]} bytes"
+
+        # Records in several parts: join them once, and take their header from the joined bytes.
+        self.joined: dict[int, bytes] = {}
+        joined_labels: dict[int, np.ndarray] = {}
+        for position in np.flatnonzero(~whole):
+            try:
+                header, image = unpack(reader.read_at(int(offsets[position]))[0])
+            except RecordIOError as error:
+                problems[position] = error.message
+                continue
+            self.joined[position] = image
+            joined_labels[position] = np.atleast_1d(np.asarray(header.label, dtype=np.float32))
+            flag[position] = header.flag
+
+        good = np.ones(count, dtype=bool)
+        good[list(problems)] = False
+        widths = np.maximum(flag, 1)
+        first_good = np.flatnonzero(good)
+        self.label_width = label_width if label_width > 1 else (int(widths[first_good[0]]) if len(first_good) else 1)
+        for position in np.flatnonzero(good & (widths != self.label_width)):
+            problems[position] = (f"record has {widths[position]} labels, expected {self.label_width} "
+                                  f"(data.label_width, or as many as the first record has)")
+            good[position] = False
+
+        # Labels: the header's float when flag is 0, else the floats after the header.
+        width = self.label_width
+        label_at = np.where(good & whole, start + np.where(flag == 0, 4, IR_HEADER_SIZE), 0)
+        labels = _f32(data, label_at[:, None] + 4 * np.arange(width))
+        labels[~good] = 0
+        for position, values in joined_labels.items():
+            if good[position]:
+                labels[position] = values[:width]
+        self.labels = labels[:, 0].copy() if width == 1 else labels
+        self.image_start = np.where(whole, image_start, -1)
+        self.image_end = end
+        return problems
+
+    def close(self) -> None:
+        if isinstance(self.memory, mmap.mmap):
+            self.memory.close()
+
+    def error(self, position: int, message: str, kind: type = ImageError):
+        return kind(f"record {self.keys[position]} (#{position} in the file): {message}", self.path,
+                    int(self.offsets[position]))
+
+    def shard(self, num_parts: int, part_index: int) -> tuple[np.ndarray, int]:
+        """The positions of this shard's good records, and how many bad ones it leaves out.
+
+        A shard is a contiguous run of records, as MXNet's num_parts / part_index; sizes differ by
+        at most one record.
+        """
+        count = len(self.offsets)
+        begin, end = count * part_index // num_parts, count * (part_index + 1) // num_parts
+        positions = np.arange(begin, end)
+        good = positions[~self.bad[begin:end]]
+        return good, len(positions) - len(good)
+
+
+def _u32(data: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return data[np.asarray(at)[..., None] + np.arange(4)].view("<u4")[..., 0]
+
+
+def _f32(data: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return data[np.asarray(at)[..., None] + np.arange(4)].view("<f4")[..., 0]
+
+
+# --------------------------------------------------------------------------- epochs and batches
+
+
+def _epoch_order(positions: np.ndarray, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    if not shuffle:
+        return positions
+    return positions[np.random.default_rng(derive_seed(seed, "shuffle", epoch)).permutation(len(positions))]
+
+
+def _plan_epoch(order_of: Callable[[int], np.ndarray], count: int, batch_size: int, last_batch: str,
+                epoch: int) -> list[tuple[np.ndarray, int]]:
+    """(record positions, pad) of each batch of `epoch`, given each epoch's order of `count` records.
+
+    pad: the last short batch is filled up from the start of the epoch's order. discard: it is
+    dropped. roll_over: the epochs are one stream, cut into whole batches; an epoch's batches
+    are those that end inside it, so its first batch starts with the previous epoch's leftovers
+    (recomputed from the seed, so a resumed run gets them too).
+    """
+    if count == 0:
+        return []
+    if last_batch == "roll_over":
+        first, stop = epoch * count // batch_size, (epoch + 1) * count // batch_size
+        begin, end = first * batch_size, stop * batch_size  # positions in the stream of all epochs
+        if end == begin:
+            return []
+        stream = np.concatenate([order_of(e) for e in range(begin // count, (end - 1) // count + 1)])
+        offset = begin // count * count
+        return [(stream[b - offset:b - offset + batch_size], 0) for b in range(begin, end, batch_size)]
+    order = order_of(epoch)
+    batches = [(order[b:b + batch_size], 0) for b in range(0, count - batch_size + 1, batch_size)]
+    rest = count % batch_size
+    if rest and last_batch == "pad":
+        filler = np.resize(order, batch_size - rest)  # cycles through the order when it is shorter than the fill
+        batches.append((np.concatenate([order[count - rest:], filler]), batch_size - rest))
+    return batches
+
+
+class _Job:
+    """One batch: which records, its output array while slices fill it, then the Batch once `done` is set."""
+
+    def __init__(self, epoch: int, index: int, positions: np.ndarray, pad: int):
+        self.epoch, self.index, self.positions, self.pad = epoch, index, positions, pad
+        self.out: np.ndarray | None = None
+        self.params: AugmentParams | None = None
+        self.slices_left = 0
+        self.bad: list[int] = []  # batch indices of bad records (skip_bad_records)
+        self.done = trio.Event()
+        self.batch: Batch | None = None
+        self.skipped = 0
+
+
+async def _send_batches(records: _Records, settings: LoaderSettings, send_channel: trio.MemorySendChannel,
+                        begin_epoch: int, num_epochs: int) -> None:
+    """Builds batches ahead (at most `prefetch` at a time) and sends them, and each EpochEnd, in order."""
+    builder = _Builder(records, settings)
+    shard, skipped_in_shard = records.shard(settings.num_parts, settings.part_index)
+
+    def order_of(epoch: int) -> np.ndarray:
+        return _epoch_order(shard, settings.seed, epoch, settings.shuffle)
+
+    pending: deque[_Job | int] = deque()  # jobs in order, and after each epoch's last job its number
+    building = 0
+    tally = {"batches": 0, "samples": 0, "skipped": 0}
+
+    async def send_oldest() -> None:
+        nonlocal building
+        job = pending.popleft()
+        await job.done.wait()
+        building -= 1
+        await send_channel.send(job.batch)
+        tally["batches"] += 1
+        tally["samples"] += settings.batch_size - job.batch.pad
+        tally["skipped"] += job.skipped
+        job.batch = None  # the consumer owns it now
+        while pending and isinstance(pending[0], int):
+            epoch = pending.popleft()
+            await send_channel.send(EpochEnd(epoch, tally["batches"], tally["samples"],
+                                             tally["skipped"] + skipped_in_shard))
+            tally.update(batches=0, samples=0, skipped=0)
+
+    async with trio.open_nursery() as nursery:
+        for epoch in range(begin_epoch, begin_epoch + num_epochs):
+            plan = _plan_epoch(order_of, len(shard), settings.batch_size, settings.last_batch, epoch)
+            if not plan:  # nothing to build: the EpochEnd goes out once everything before it has
+                while pending:
+                    await send_oldest()
+                await send_channel.send(EpochEnd(epoch, 0, 0, skipped_in_shard))
+                continue
+            for index, (positions, pad) in enumerate(plan):
+                while building >= settings.prefetch:
+                    await send_oldest()
+                job = _Job(epoch, index, positions, pad)
+                pending.append(job)
+                building += 1
+                builder.start(nursery, job)
+            pending.append(epoch)
+        while pending:
+            await send_oldest()
+
+
+class _Builder:
+    """Fills batches: one thread call per slice of a batch, at most `nthreads` at a time."""
+
+    def __init__(self, records: _Records, settings: LoaderSettings):
+        self.records = records
+        self.settings = settings
+        self.limiter = trio.CapacityLimiter(settings.nthreads)
+        self.slice_size = math.ceil(settings.batch_size / settings.nthreads)
+        self.mean = np.asarray(settings.mean, dtype=np.float32)
+        self.inv_std = 1 / np.asarray(settings.std, dtype=np.float32)
+        self.float_output = settings.layout == "float32_nchw"
+        _, height, width = settings.data_shape
+        self.image_shape = (height, width, 3)
+        self.chunk = max(1, _CHUNK_BYTES // (height * width * 3))
+
+    def start(self, nursery: trio.Nursery, job: _Job) -> None:
+        """Allocates the batch and starts one task a slice; the last slice to finish completes the batch.
+
+        (Tasks in the loader's nursery rather than a nursery per batch: less Trio work a batch.)
+        """
+        settings = self.settings
+        size = settings.batch_size
+        _, height, width = settings.data_shape
+        # numpy's allocations come from the malloc heap and reuse freed batches' pages; torch.empty
+        # maps fresh pages for big tensors, and faulting them in costs as much as normalizing.
+        if self.float_output:
+            job.out = np.empty((size, 3, height, width), dtype=np.float32)
+        else:
+            job.out = np.empty((size, height, width, 3), dtype=np.uint8)
+        if settings.augment.random:  # drawing costs the Trio thread ~70 us a batch: only when needed
+            rng = np.random.default_rng(derive_seed(settings.seed, "augment", job.epoch, job.index))
+            job.params = augment.draw(settings.augment, rng, size)
+        starts = range(0, size, self.slice_size)
+        job.slices_left = len(starts)
+        for start in starts:
+            nursery.start_soon(self.fill, job, start)
+
+    async def fill(self, job: _Job, start: int) -> None:
+        stop = min(start + self.slice_size, self.settings.batch_size)
+        job.bad += await trio.to_thread.run_sync(
+            self.fill_slice, job.out, job.positions, start, stop, job.params, limiter=self.limiter)
+        job.slices_left -= 1
+        if job.slices_left == 0:
+            await self.complete(job)
+
+    async def complete(self, job: _Job) -> None:
+        out, labels = job.out, self.records.labels[job.positions]  # fancy indexing: a fresh label array
+        pad = job.pad
+        if job.bad:
+            real = len(out) - job.pad
+            job.skipped = sum(1 for index in job.bad if index < real)
+            pad = await trio.to_thread.run_sync(_move_bad_to_end, out, labels, job.bad, real)
+        job.batch = Batch(job.epoch, job.index, torch.from_numpy(out), torch.from_numpy(labels), pad)
+        job.out = job.params = None
+        job.done.set()
+
+    def fill_slice(self, out: np.ndarray, positions: np.ndarray, start: int, stop: int,
+                   params: AugmentParams | None) -> list[int]:
+        """Decodes, augments and (for float output) normalizes samples start:stop of a batch, in a
+        worker thread. Returns the batch indices of bad records (when they are skipped)."""
+        options = self.settings.augment
+        staging = np.empty((self.chunk, *self.image_shape), dtype=np.uint8) if self.float_output else None
+        bad = []
+        # In chunks small enough that the decoded images are still in the CPU cache when normalized.
+        for begin in range(start, stop, self.chunk):
+            end = min(begin + self.chunk, stop)
+            images = staging[:end - begin] if self.float_output else out[begin:end]
+            chunk_params = params[begin:end] if params is not None else None
+            bad += self.decode_into(images, positions[begin:end], chunk_params, begin)
+            augment.finish(images, chunk_params, options)
+            if self.float_output:
+                augment.normalize(images, out[begin:end], self.mean, self.inv_std)
+        return bad
+
+    def decode_into(self, images: np.ndarray, positions: np.ndarray, params: AugmentParams | None,
+                    first: int) -> list[int]:
+        """Decodes the records at `positions` into `images` (output-sized uint8 HWC slots), through the
+        geometric augmentation when the image needs it. Returns the batch indices of bad records."""
+        records, options = self.records, self.settings.augment
+        memory, joined = records.memory, records.joined
+        direct = not options.reshapes  # an image that already has the output size is used as decoded
+        bad = []
+        places = zip(positions.tolist(), records.image_start[positions].tolist(), records.image_end[positions].tolist())
+        for index, (position, begin, end) in enumerate(places):
+            encoded = memory[begin:end] if begin >= 0 else joined[position]
+            slot = images[index]
+            try:
+                if direct:
+                    try:
+                        if decode(encoded, out=slot).shape == slot.shape:
+                            continue
+                    except (ImageError, ValueError):
+                        pass  # larger than the slot (or corrupt: the decode below says so)
+                augment.place(decode(encoded), params, index, options, slot)
+            except ImageError as error:
+                if not self.settings.skip_bad_records:
+                    raise records.error(position, error.message) from None
+                bad.append(first + index)
+        return bad
+
+
+def _move_bad_to_end(out: np.ndarray, labels: np.ndarray, bad: list[int], real: int) -> int:
+    """Reorders a batch so that its good real samples come first; the rest is filler. Returns the new pad."""
+    bad_set = set(bad)
+    good_real = [index for index in range(real) if index not in bad_set]
+    good_filler = [index for index in range(real, len(out)) if index not in bad_set]
+    keep = good_real + good_filler
+    if not keep:
+        out[...] = 0
+        labels[...] = 0
+        return len(out)
+    order = keep + [keep[index % len(keep)] for index in range(len(out) - len(keep))]
+    out[...] = out[order]
+    labels[...] = labels[order]
+    return len(out) - len(good_real)
+
+
+# --------------------------------------------------------------------------- benchmark = true
+
+
+async def _send_synthetic(settings: LoaderSettings, send_channel: trio.MemorySendChannel,
+                          begin_epoch: int, num_epochs: int) -> None:
+    """data.py's SyntheticDataIter: the same random batch over and over (a fresh copy each time)."""
+    data, labels = await trio.to_thread.run_sync(_synthetic_batch, settings)
+    size = settings.batch_size
+    batches = math.ceil(settings.num_examples / size) if settings.num_examples else SYNTHETIC_BATCHES
+    for epoch in range(begin_epoch, begin_epoch + num_epochs):
+        for index in range(batches):
+            copy = await trio.to_thread.run_sync(data.copy)  # numpy: reuses heap pages (see _Builder.start)
+            await send_channel.send(Batch(epoch, index, torch.from_numpy(copy), torch.from_numpy(labels.copy()), 0))
+        await send_channel.send(EpochEnd(epoch, batches, batches * size))
+
+
+def _synthetic_batch(settings: LoaderSettings) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(derive_seed(settings.seed, "synthetic"))
+    size = settings.batch_size
+    _, height, width = settings.data_shape
+    if settings.layout == "float32_nchw":
+        data = rng.uniform(-1, 1, (size, 3, height, width)).astype(np.float32)
+    else:
+        data = rng.integers(0, 256, (size, height, width, 3), dtype=np.uint8)
+    labels = rng.integers(0, settings.num_classes, size).astype(np.float32)
+    return data, labels

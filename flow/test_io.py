@@ -1,0 +1,82 @@
+"""Time the data loader alone (fit.py's --test-io): `flow test-io train.toml [--set section.key=value ...]`.
+
+Runs only the training loader of the config ([data], with train.num_epochs, train.disp_batches
+and train.seed) and prints on stdout `Batch [i]\\tSpeed: N samples/sec` every disp_batches
+batches, then each epoch's `test-io: epoch E: S samples in T s, R samples/sec` and last
+`test-io: steady R samples/sec over epochs A-B`: the mean rate of the epochs after the first
+(which pays for opening the file and warming up), or of the only epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="the train.toml file (the same one `flow run` takes)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override a config key, e.g. --set data.batch_size=256 (repeatable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import trio
+
+    from flow.config import load_config
+
+    config = load_config(args.config, args.set)
+
+    def emit(line: str) -> None:
+        print(line, flush=True)
+
+    epochs = trio.run(measure, config, emit)
+    emit(steady_line(epochs, first_epoch=0))
+    return 0
+
+
+async def measure(config, emit: Callable[[str], None] | None = None) -> list[tuple[int, float]]:
+    """(samples, seconds) of each epoch of the config's training loader, from epoch 0; `emit` gets
+    the Batch and epoch lines as they happen."""
+    import trio
+
+    from actors.loader import EpochEnd, LoaderSettings, first_error, loader
+    from flow.metrics import io_speed_line
+
+    settings = LoaderSettings.from_config(config.data, "train", config.train.seed)
+    every = config.train.disp_batches
+    emit = emit or (lambda line: None)
+    epochs: list[tuple[int, float]] = []
+    send_channel, receive_channel = trio.open_memory_channel(0)
+    with first_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader, settings, send_channel, 0, config.train.num_epochs)
+            async with receive_channel:
+                epoch_start = tic = time.perf_counter()
+                samples_since_tic = 0
+                async for message in receive_channel:
+                    now = time.perf_counter()
+                    if isinstance(message, EpochEnd):
+                        seconds = now - epoch_start
+                        epochs.append((message.samples, seconds))
+                        emit("test-io: epoch %d: %d samples in %.3f s, %.2f samples/sec"
+                             % (message.epoch, message.samples, seconds, message.samples / seconds))
+                        epoch_start = tic = now
+                        samples_since_tic = 0
+                        continue
+                    samples_since_tic += len(message.data) - message.pad
+                    if (message.index + 1) % every == 0:
+                        emit(io_speed_line(message.index, samples_since_tic / (now - tic)))
+                        tic = now
+                        samples_since_tic = 0
+    return epochs
+
+
+def steady_line(epochs: list[tuple[int, float]], first_epoch: int = 0) -> str:
+    """The mean samples/s over the epochs after the first (or the only one), as a summary line."""
+    steady = epochs[1:] or epochs
+    first = first_epoch + len(epochs) - len(steady)
+    last = first_epoch + len(epochs) - 1
+    rate = sum(samples / seconds for samples, seconds in steady) / len(steady)
+    span = str(first) if first == last else f"{first}-{last}"
+    return "test-io: steady %.2f samples/sec over epochs %s" % (rate, span)

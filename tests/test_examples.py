@@ -1,0 +1,43 @@
+"""The examples run as a user runs them: the README's first command, and the embedding example."""
+
+import re
+import subprocess
+import sys
+
+from tests.fixtures import REPO_ROOT
+
+STATED_ACCURACY = 0.95  # README: the example reaches this validation accuracy
+
+
+def run(*command, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, *command], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_flow_run_example_reaches_its_stated_accuracy_and_resumes(tmp_path):
+    prefix = f"checkpoint.model_prefix='{tmp_path / 'shapes'}'"
+    done = run("-m", "flow", "run", "examples/train.toml", "--set", prefix)
+    assert done.returncode == 0, done.stderr
+    accuracies = [float(value) for value in re.findall(r"Epoch\[\d+\] Validation-accuracy=([.\d]+)", done.stderr)]
+    assert len(accuracies) == 4 and accuracies[-1] >= STATED_ACCURACY
+    assert re.search(r"Epoch\[3\] Time cost=[.\d]+", done.stderr)
+    assert sorted(path.name for path in tmp_path.glob("shapes-*.params")) == ["shapes-0003.params", "shapes-0004.params"]
+
+    resumed = run("-m", "flow", "run", "examples/train.toml", "--set", prefix, "--set", "train.num_epochs=5", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Epoch[4] Train-accuracy=" in resumed.stderr and "Epoch[3] Train" not in resumed.stderr
+
+
+def test_flow_run_bad_config_is_one_line_and_exit_1(tmp_path):
+    done = run("-m", "flow", "run", "examples/train.toml", "--set", "train.lrr=0.1")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "flow run: error: examples/train.toml: unknown key train.lrr; did you mean train.lr?"]
+
+
+def test_embed_example_prints_its_own_progress(tmp_path):
+    done = run("examples/embed.py", "--set", "train.num_epochs=1", "--set",
+               f"checkpoint.model_prefix='{tmp_path / 'embed'}'")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"epoch 0 validation accuracy 0\.\d+", done.stdout)
+    assert "finished: 1 epochs, 32 updates" in done.stdout
+    assert (tmp_path / "embed-events.msgpack").exists()

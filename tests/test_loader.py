@@ -1,0 +1,366 @@
+"""The loader actor: every record once, in a seeded order, in MXNet's batches, with bounded memory."""
+
+import dataclasses
+import hashlib
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import trio
+
+from actors.loader import Batch, EpochEnd, LoaderSettings, loader
+from flow.augment import AugmentSettings
+from flow.config import config_from_dict
+from flow.errors import ConfigError, ImageError, RecordIOError
+from flow.image import decode
+from flow.recordio import MAGIC, IndexedRecordReader, IRHeader, RecordWriter, pack, pack_img, unpack
+from tests.fixtures import MXNET_FIXTURES
+
+MEAN = (123.68, 116.779, 103.939)
+STD = (58.393, 57.12, 57.375)
+
+
+def write_numbered(path, count, size=(8, 8), broken=None):
+    """A .rec (+ .idx) of lossless images whose first pixel spells the record's number, which is also
+    its label; `broken` maps numbers to payloads written in place of the image record."""
+    broken = broken or {}
+    with RecordWriter(path, index=True) as writer:
+        for number in range(count):
+            header = IRHeader(0, float(number), number, 0)
+            if number in broken:
+                writer.write(broken[number])
+                continue
+            image = np.full((*size, 3), 200, np.uint8)
+            image[0, 0] = (number % 256, number // 256, 0)
+            writer.write(pack_img(header, image, quality=1, encoding=".png"))
+    return path
+
+
+def numbered(path, **changes):
+    settings = LoaderSettings(path=str(path), data_shape=(3, 8, 8), batch_size=16, nthreads=2, layout="uint8_nhwc")
+    return dataclasses.replace(settings, **changes)
+
+
+def numbers_of(batch):
+    """The record number of each real (not pad) sample of a uint8 batch."""
+    corner = batch.data.numpy()[: len(batch.data) - batch.pad, 0, 0].astype(int)
+    return (corner[:, 0] + 256 * corner[:, 1]).tolist()
+
+
+async def collect(settings, begin_epoch=0, num_epochs=1):
+    send_channel, receive_channel = trio.open_memory_channel(0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loader, settings, send_channel, begin_epoch, num_epochs)
+        async with receive_channel:
+            return [message async for message in receive_channel]
+
+
+def by_epoch(messages):
+    """{epoch: [record numbers in delivery order]}, checking each epoch ends with its EpochEnd."""
+    epochs, current = {}, []
+    for message in messages:
+        if isinstance(message, EpochEnd):
+            epochs[message.epoch] = current
+            current = []
+        else:
+            current += numbers_of(message)
+    assert not current
+    return epochs
+
+
+def batches(messages):
+    return [message for message in messages if isinstance(message, Batch)]
+
+
+# --------------------------------------------------------------------------- the MXNet fixtures
+
+
+async def test_every_record_of_an_epoch_once_with_its_label():
+    path = MXNET_FIXTURES / "train.rec"
+    expected = Counter()
+    with IndexedRecordReader(path) as reader:
+        for position in range(len(reader)):
+            header, payload = unpack(reader.read_position(position))
+            expected[hashlib.sha1(decode(payload).tobytes()).digest(), float(header.label)] += 1
+    settings = LoaderSettings(path=str(path), data_shape=(3, 64, 64), batch_size=128, nthreads=2, shuffle=True,
+                              layout="uint8_nhwc")
+    messages = await collect(settings)
+    delivered = Counter()
+    for batch in batches(messages):
+        assert batch.data.shape == (128, 64, 64, 3) and batch.data.dtype == torch.uint8
+        assert batch.label.shape == (128,)
+        for index in range(128 - batch.pad):
+            delivered[hashlib.sha1(batch.data[index].numpy().tobytes()).digest(), float(batch.label[index])] += 1
+    assert delivered == expected
+    assert messages[-1] == EpochEnd(0, 7, 800)
+    assert [batch.pad for batch in batches(messages)] == [0] * 6 + [7 * 128 - 800]
+
+
+async def test_float_output_is_the_normalized_rgb_image():
+    manifest = json.loads((MXNET_FIXTURES / "manifest.json").read_text())
+    settings = LoaderSettings(path=str(MXNET_FIXTURES / "train.rec"), data_shape=(3, 64, 64), batch_size=100,
+                              nthreads=2, layout="uint8_nhwc", mean=MEAN, std=STD)
+    raw = batches(await collect(settings))[0]
+    normalized = batches(await collect(dataclasses.replace(settings, layout="float32_nchw")))[0]
+    assert normalized.data.shape == (100, 3, 64, 64) and normalized.data.is_contiguous()
+    expected = (raw.data.numpy() - np.float32(MEAN)) / np.float32(STD)
+    assert np.allclose(normalized.data.numpy(), expected.transpose(0, 3, 1, 2), atol=1e-4)
+    low, high = (0 - np.array(MEAN)) / STD, (255 - np.array(MEAN)) / STD
+    per_channel = normalized.data.numpy().transpose(1, 0, 2, 3).reshape(3, -1)
+    assert (per_channel.min(axis=1) >= low - 1e-4).all() and (per_channel.max(axis=1) <= high + 1e-4).all()
+    for record in manifest["decoded_rgb"]:  # MXNet's own decode; JPEG decoders differ by a level or two
+        image = raw.data.numpy()[record["id"]]
+        assert raw.label[record["id"]] == record["label"]
+        assert np.abs(image[0, 0].astype(int) - record["pixel_0_0_rgb"]).max() <= 3
+        assert np.allclose(image.reshape(-1, 3).mean(axis=0), record["rgb_mean"], atol=1.0)
+
+
+async def test_multi_label_records_give_a_label_row_per_sample():
+    manifest = json.loads((MXNET_FIXTURES / "manifest.json").read_text())
+    settings = LoaderSettings(path=str(MXNET_FIXTURES / "multilabel.rec"), data_shape=(3, 32, 32), batch_size=20,
+                              nthreads=2)
+    messages = await collect(settings)
+    first = batches(messages)[0]
+    assert first.label.shape == (20, 3) and first.label.dtype == first.data.dtype
+    for record in manifest["multilabel"]["first"]:
+        assert np.allclose(first.label[record["id"]].numpy(), record["label"])
+    assert messages[-1] == EpochEnd(0, 3, 50)
+    with pytest.RaisesGroup(pytest.RaisesExc(RecordIOError, match="has 3 labels, expected 2")):
+        await collect(dataclasses.replace(settings, label_width=2))
+
+
+# --------------------------------------------------------------------------- order, shards, last batch
+
+
+async def test_shards_together_deliver_every_record_exactly_once(tmp_path):
+    path = write_numbered(tmp_path / "n.rec", 103)
+    seen = []
+    for part in range(3):
+        epochs = by_epoch(await collect(numbered(path, shuffle=True, num_parts=3, part_index=part)))
+        assert len(epochs[0]) in (34, 35)
+        seen += epochs[0]
+    assert sorted(seen) == list(range(103))
+
+
+async def test_shuffle_differs_by_epoch_repeats_by_seed_and_replays_on_resume(tmp_path):
+    path = write_numbered(tmp_path / "n.rec", 64)
+    settings = numbered(path, shuffle=True, seed=3)
+    run = by_epoch(await collect(settings, num_epochs=3))
+    assert all(sorted(order) == list(range(64)) for order in run.values())
+    assert run[0] != run[1] != run[2]
+    assert by_epoch(await collect(settings, num_epochs=3)) == run
+    assert by_epoch(await collect(dataclasses.replace(settings, seed=4), num_epochs=1))[0] != run[0]
+    assert by_epoch(await collect(settings, begin_epoch=2))[2] == run[2]
+    assert by_epoch(await collect(dataclasses.replace(settings, shuffle=False)))[0] == list(range(64))
+
+
+async def test_pad_fills_the_last_batch_from_the_start_of_the_epoch(tmp_path):
+    path = write_numbered(tmp_path / "n.rec", 50)
+    messages = await collect(numbered(path, shuffle=True))
+    sent = batches(messages)
+    assert [batch.pad for batch in sent] == [0, 0, 0, 14]
+    order = [number for batch in sent for number in numbers_of(batch)]
+    assert sorted(order) == list(range(50))
+    last = sent[-1].data.numpy()[:, 0, 0].astype(int)
+    assert (last[2:, 0] + 256 * last[2:, 1]).tolist() == order[:14]
+    assert sent[-1].label.tolist()[2:] == order[:14]
+    assert messages[-1] == EpochEnd(0, 4, 50)
+    tiny = batches(await collect(numbered(write_numbered(tmp_path / "tiny.rec", 5))))
+    assert len(tiny) == 1 and tiny[0].pad == 11
+    assert tiny[0].label.tolist() == [0, 1, 2, 3, 4] * 3 + [0]
+
+
+async def test_discard_drops_the_short_batch(tmp_path):
+    messages = await collect(numbered(write_numbered(tmp_path / "n.rec", 50), last_batch="discard"), num_epochs=2)
+    assert [batch.pad for batch in batches(messages)] == [0] * 6
+    assert [message for message in messages if isinstance(message, EpochEnd)] == [EpochEnd(0, 3, 48),
+                                                                                   EpochEnd(1, 3, 48)]
+
+
+async def test_roll_over_carries_the_leftovers_into_the_next_epoch(tmp_path):
+    path = write_numbered(tmp_path / "n.rec", 50)
+    settings = numbered(path, shuffle=True, last_batch="roll_over")
+    # Each epoch's order: the whole epoch as one batch.
+    orders = by_epoch(await collect(dataclasses.replace(settings, batch_size=50, last_batch="pad"), num_epochs=3))
+    messages = await collect(settings, num_epochs=3)
+    assert all(batch.pad == 0 for batch in batches(messages))
+    ends = [message for message in messages if isinstance(message, EpochEnd)]
+    assert [(end.batches, end.samples) for end in ends] == [(3, 48), (3, 48), (3, 48)]
+    stream = [number for batch in batches(messages) for number in numbers_of(batch)]
+    assert stream == (orders[0] + orders[1] + orders[2])[:144]
+    first_of_epoch_1 = batches(messages)[3]
+    assert numbers_of(first_of_epoch_1)[:2] == orders[0][48:]
+    resumed = await collect(settings, begin_epoch=1, num_epochs=2)
+    assert by_epoch(resumed) == {1: by_epoch(messages)[1], 2: by_epoch(messages)[2]}
+
+
+# --------------------------------------------------------------------------- bad records and sizes
+
+
+async def test_a_corrupt_image_is_an_error_naming_the_record(tmp_path):
+    garbage = pack(IRHeader(0, 7.0, 7, 0), b"\x89PNG\r\n\x1a\n not really a png")
+    path = write_numbered(tmp_path / "n.rec", 40, broken={7: garbage})
+    with pytest.RaisesGroup(pytest.RaisesExc(ImageError, match=r"n\.rec: at byte \d+: record 7 \(#7 in the file\)")):
+        await collect(numbered(path))
+
+
+async def test_skip_bad_records_leaves_them_out_and_counts_them(tmp_path):
+    garbage = pack(IRHeader(0, 7.0, 7, 0), b"\xff\xd8 not really a jpeg")
+    path = write_numbered(tmp_path / "n.rec", 40, broken={7: garbage, 20: b"short"})
+    with pytest.RaisesGroup(pytest.RaisesExc(RecordIOError, match="record 20 .* too short")):
+        await collect(numbered(path))
+    messages = await collect(numbered(path, skip_bad_records=True, shuffle=True), num_epochs=2)
+    epochs = by_epoch(messages)
+    for epoch in (0, 1):
+        assert sorted(epochs[epoch]) == sorted(set(range(40)) - {7, 20})
+    assert [message for message in messages if isinstance(message, EpochEnd)] == [
+        EpochEnd(0, 3, 38, skipped=2), EpochEnd(1, 3, 38, skipped=2)]
+    for batch in batches(messages):  # labels still belong to their images
+        assert batch.label.tolist()[: len(batch.data) - batch.pad] == numbers_of(batch)
+
+
+async def test_records_split_around_the_magic_are_joined(tmp_path):
+    path = tmp_path / "magic.rec"
+    image = np.full((8, 8, 3), 200, np.uint8)
+    image[0, 0] = (5, 0, 0)
+    with RecordWriter(path, index=True) as writer:
+        writer.write(pack_img(IRHeader(0, 5.0, 5, MAGIC), image, encoding=".png"))  # magic at an aligned offset
+    with IndexedRecordReader(path) as reader:
+        assert reader.read_at(0)[0] and len(path.read_bytes()) > len(reader.read_at(0)[0]) + 8  # several parts
+    (batch,) = batches(await collect(numbered(path, batch_size=1)))
+    assert numbers_of(batch) == [5] and batch.label.tolist() == [5.0]
+
+
+async def test_larger_images_are_centre_cropped_and_smaller_ones_refused(tmp_path):
+    path = tmp_path / "big.rec"
+    image = np.random.default_rng(0).integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    with RecordWriter(path, index=True) as writer:
+        writer.write(pack_img(IRHeader(0, 1.0, 0, 0), image, encoding=".png"))
+    (batch,) = batches(await collect(numbered(path, batch_size=1)))
+    assert np.array_equal(batch.data.numpy()[0], image[2:10, 1:9])
+    (resized,) = batches(await collect(numbered(path, batch_size=1, augment=AugmentSettings(resize=8))))
+    assert resized.data.shape == (1, 8, 8, 3)
+    with pytest.RaisesGroup(pytest.RaisesExc(ImageError, match="smaller than the output 16x16")):
+        await collect(numbered(path, batch_size=1, data_shape=(3, 16, 16)))
+
+
+async def test_augmented_batches_have_the_output_shape_and_range_and_repeat_by_seed():
+    level_3 = AugmentSettings(resize=72, rand_crop=True, rand_mirror=True, max_random_h=36, max_random_s=50,
+                              max_random_l=50, max_rotate_angle=10, max_shear_ratio=0.1, max_aspect_ratio=0.25)
+    settings = LoaderSettings(path=str(MXNET_FIXTURES / "val.rec"), data_shape=(3, 64, 64), batch_size=25,
+                              nthreads=2, mean=MEAN, std=STD, augment=level_3, seed=11, num_parts=4)
+    first = batches(await collect(settings, num_epochs=2))
+    assert len(first) == 4
+    low, high = (0 - np.array(MEAN)) / STD, (255 - np.array(MEAN)) / STD
+    for batch in first:
+        data = batch.data.numpy()
+        assert data.shape == (25, 3, 64, 64) and np.isfinite(data).all()
+        per_channel = data.transpose(1, 0, 2, 3).reshape(3, -1)
+        assert (per_channel.min(axis=1) >= low - 1e-4).all() and (per_channel.max(axis=1) <= high + 1e-4).all()
+    again = batches(await collect(settings, num_epochs=2))
+    assert all(np.array_equal(a.data.numpy(), b.data.numpy()) for a, b in zip(first, again))
+    assert not np.array_equal(first[0].data.numpy(), first[2].data.numpy())  # epoch 1 draws anew
+    plain = batches(await collect(dataclasses.replace(settings, augment=AugmentSettings(resize=72))))
+    assert not np.array_equal(first[0].data.numpy(), plain[0].data.numpy())
+
+
+# --------------------------------------------------------------------------- flow control
+
+
+def run_threads_inline(monkeypatch, slice_seconds=0.0):
+    """Runs each thread call in the Trio thread after `slice_seconds` of (mock) time for a batch slice,
+    holding the limiter as a thread would; returns the list of slices run."""
+    slices = []
+
+    async def run_sync(function, *args, limiter=None):
+        async with limiter or trio.CapacityLimiter(1):
+            if getattr(function, "__name__", "") == "fill_slice":
+                await trio.sleep(slice_seconds)
+                slices.append(args[2:4])
+            return function(*args)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
+    return slices
+
+
+async def test_a_stalled_consumer_holds_the_loader_at_prefetch_batches(tmp_path, monkeypatch, autojump_clock):
+    slices = run_threads_inline(monkeypatch, slice_seconds=0.01)
+    settings = numbered(write_numbered(tmp_path / "n.rec", 160), batch_size=8, prefetch=3)
+    send_channel, receive_channel = trio.open_memory_channel(0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loader, settings, send_channel, 0, 1)
+        await receive_channel.receive()
+        built = []
+        for _ in range(3):  # the consumer stops reading; time passes
+            await trio.sleep(100)
+            built.append(len(slices) // 2)  # two slices a batch
+        assert built == [1 + 3] * 3  # the one received, and `prefetch` more
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("slice_seconds, consume_seconds", [(1.0, 1.0), (0.5, 2.0), (2.0, 0.5)])
+async def test_decoding_overlaps_a_slow_consumer(tmp_path, monkeypatch, autojump_clock, slice_seconds, consume_seconds):
+    run_threads_inline(monkeypatch, slice_seconds)
+    settings = numbered(write_numbered(tmp_path / "n.rec", 64), batch_size=8, nthreads=2, prefetch=2)
+    send_channel, receive_channel = trio.open_memory_channel(0)
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loader, settings, send_channel, 0, 1)
+        async for message in receive_channel:
+            if isinstance(message, EpochEnd):
+                break
+            await trio.sleep(consume_seconds)
+    elapsed = trio.current_time() - start
+    decoding, consuming = 8 * slice_seconds, 8 * consume_seconds  # 8 batches, both slices of one at once
+    # The larger of the two, plus filling and draining the pipeline: well under their sum.
+    assert max(decoding, consuming) <= elapsed <= max(decoding, consuming) + slice_seconds + consume_seconds
+
+
+async def test_benchmark_mode_sends_fresh_synthetic_batches():
+    settings = LoaderSettings(path="", data_shape=(3, 8, 8), batch_size=16, benchmark=True, num_examples=40,
+                              num_classes=5)
+    messages = await collect(settings, num_epochs=2)
+    sent = batches(messages)
+    assert len(sent) == 6
+    assert [m for m in messages if isinstance(m, EpochEnd)] == [EpochEnd(0, 3, 48), EpochEnd(1, 3, 48)]
+    assert len({batch.data.data_ptr() for batch in sent}) == 6
+    assert all(torch.equal(batch.data, sent[0].data) for batch in sent)
+    assert sent[0].data.shape == (16, 3, 8, 8) and -1 <= sent[0].data.min() and sent[0].data.max() <= 1
+    assert sent[0].label.shape == (16,) and 0 <= sent[0].label.min() and sent[0].label.max() < 5
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_from_config_train_and_val():
+    config = config_from_dict({"data": {
+        "data_train": "/data/train.rec", "data_val": "/data/val.rec", "image_shape": "3,32,32", "aug_level": 3,
+        "resize": 36, "pad_size": 2, "num_parts": 2, "part_index": 1, "last_batch": "discard", "batch_size": 64,
+        "data_nthreads": 3, "layout": "uint8_nhwc"}})
+    train = LoaderSettings.from_config(config.data, "train", seed=9)
+    assert (train.path, train.shuffle, train.num_parts, train.part_index, train.last_batch) == (
+        "/data/train.rec", True, 2, 1, "discard")
+    assert (train.data_shape, train.batch_size, train.nthreads, train.layout, train.seed) == (
+        (3, 32, 32), 64, 3, "uint8_nhwc", 9)
+    assert train.augment == AugmentSettings(resize=36, rand_crop=True, rand_mirror=True, max_random_h=36,
+                                            max_random_s=50, max_random_l=50, max_aspect_ratio=0.25,
+                                            max_rotate_angle=10, max_shear_ratio=0.1, pad=2, fill_value=127)
+    val = LoaderSettings.from_config(config.data, "val", seed=9)
+    assert (val.path, val.shuffle, val.num_parts, val.part_index, val.last_batch) == (
+        "/data/val.rec", False, 1, 0, "pad")
+    assert val.augment == AugmentSettings(resize=36) and not val.augment.random
+    with pytest.raises(ConfigError, match="data.data_val"):
+        LoaderSettings.from_config(config_from_dict({"data": {"data_train": "/t.rec"}}).data, "val", seed=0)
+    with pytest.raises(ConfigError, match="3 channels"):
+        LoaderSettings.from_config(config_from_dict({"data": {"data_train": "/t.rec", "image_shape": "1,28,28"}}).data,
+                                   "train", seed=0)
+
+
+async def test_missing_files_are_record_errors(tmp_path):
+    with pytest.RaisesGroup(pytest.RaisesExc(RecordIOError, match="no such file")):
+        await collect(numbered(tmp_path / "absent.rec"))
+    path = write_numbered(tmp_path / "n.rec", 4)
+    with pytest.RaisesGroup(pytest.RaisesExc(RecordIOError, match="absent.idx: no such file")):
+        await collect(numbered(path, index_path=str(tmp_path / "absent.idx")))

@@ -1,0 +1,236 @@
+"""The training pipeline end to end: actors wired by flow.run, on small data, on the CPU."""
+
+import logging
+import re
+
+import pytest
+import torch
+import trio
+
+from flow import checkpoints
+from flow.config import config_from_dict
+from flow.events import BatchEnd, CheckpointSaved, EpochEnd, RunFinished, RunStarted, Validation
+from flow.run import open_run, train
+from tests.fixtures import MXNET_FIXTURES
+
+
+def synthetic_data(epoch_batches=6, batch_size=16, seed=0):
+    """A callable epoch -> async iterable of (data, label): different batches every epoch, fixed by seed."""
+    def batches(epoch):
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+
+        async def iterate():
+            for _ in range(epoch_batches):
+                data = torch.randn(batch_size, 3, 8, 8, generator=generator)
+                label = (data.mean(dim=(1, 2, 3)) > 0).float() + 2 * (data[:, 0].mean(dim=(1, 2)) > 0).float()
+                yield data, label
+        return iterate()
+    return batches
+
+
+def small_config(tmp_path, **sections):
+    raw = {
+        "data": {"image_shape": [3, 8, 8], "num_classes": 4, "batch_size": 16, "num_examples": 96},
+        "model": {"network": "mlp"},
+        "train": {"num_epochs": 2, "lr": 0.1, "mom": 0.9, "wd": 0.0001, "disp_batches": 2, "seed": 3},
+        "checkpoint": {"model_prefix": str(tmp_path / "model")},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return config_from_dict(raw)
+
+
+def final_params(tmp_path, epoch):
+    return checkpoints.load_checkpoint(str(tmp_path / "model"), epoch)[0]
+
+
+async def test_two_cpu_replicas_match_one_device(tmp_path):
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    await train(small_config(one, train={"devices": ["cpu"]}), train_data=synthetic_data())
+    await train(small_config(two, train={"devices": ["cpu", "cpu"]}), train_data=synthetic_data())
+    for name, tensor in final_params(one, 2).items():
+        torch.testing.assert_close(final_params(two, 2)[name], tensor, atol=1e-5, rtol=0)
+
+
+async def test_replicas_with_device_kvstore_and_uneven_slices_match(tmp_path):
+    await train(small_config(tmp_path / "one"), train_data=synthetic_data(batch_size=15))
+    await train(small_config(tmp_path / "three", train={"devices": ["cpu"] * 3, "kv_store": "device"}),
+                train_data=synthetic_data(batch_size=15))
+    for name, tensor in final_params(tmp_path / "one", 2).items():
+        torch.testing.assert_close(final_params(tmp_path / "three", 2)[name], tensor, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("devices", [["cpu"], ["cpu", "cpu"]])
+async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices):
+    steps = {"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4, "devices": devices}
+    await train(small_config(tmp_path / "whole", train=steps), train_data=synthetic_data())
+    await train(small_config(tmp_path / "split", train={**steps, "num_epochs": 2}), train_data=synthetic_data())
+    await train(small_config(tmp_path / "split", train=steps, checkpoint={"load_epoch": 2}),
+                train_data=synthetic_data())
+    whole, split = final_params(tmp_path / "whole", 4), final_params(tmp_path / "split", 4)
+    assert all(torch.equal(whole[name], split[name]) for name in whole)
+    assert not torch.equal(final_params(tmp_path / "whole", 2)["fc1.weight"], whole["fc1.weight"])
+
+
+async def test_resume_past_every_step_runs_at_the_reduced_lr(tmp_path):
+    steps = {"lr_step_epochs": [1], "lr_factor": 0.5, "num_epochs": 2}
+    await train(small_config(tmp_path, train=steps), train_data=synthetic_data())
+    config = small_config(tmp_path, train={**steps, "num_epochs": 3}, checkpoint={"load_epoch": 2})
+    async with open_run(config, train_data=synthetic_data()) as run:
+        events = [event async for event in run.events()]
+    speeds = [event for event in events if isinstance(event, BatchEnd)]
+    assert speeds and all(event.lr == pytest.approx(0.05) for event in speeds)
+    assert isinstance(events[-1], RunFinished) and events[-1].updates == 18
+
+
+async def test_events_in_order_with_checkpoints_and_validation(tmp_path):
+    config = small_config(tmp_path, checkpoint={"keep": 1})
+    async with open_run(config, train_data=synthetic_data(), val_data=synthetic_data(epoch_batches=2, seed=9)) as run:
+        events = [event async for event in run.events()]
+        result = await run.wait()
+    kinds = [type(event).__name__ for event in events]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
+    epoch_ends = [event for event in events if isinstance(event, EpochEnd)]
+    assert [event.epoch for event in epoch_ends] == [0, 1] and all(event.samples == 96 for event in epoch_ends)
+    assert [event.epoch for event in events if isinstance(event, Validation)] == [0, 1]
+    assert [event.epoch for event in events if isinstance(event, CheckpointSaved)] == [1, 2]
+    assert [event.batch for event in events if isinstance(event, BatchEnd)] == [2, 4, 2, 4]
+    assert checkpoints.saved_epochs(str(tmp_path / "model")) == [2]  # keep = 1
+    assert result.updates == 12 and result.epochs == 2
+    assert result.validation_metrics[0][0] == "accuracy"
+
+
+async def test_log_lines_parse_with_mxnet_parse_log(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="flow")
+    await train(small_config(tmp_path), train_data=synthetic_data(), val_data=synthetic_data(epoch_batches=2))
+    lines = [record.getMessage() for record in caplog.records if record.name == "flow"]
+    train_re = re.compile(r".*Epoch\[(\d+)\] Train-accuracy.*=([.\d]+)")
+    val_re = re.compile(r".*Epoch\[(\d+)\] Validation-accuracy.*=([.\d]+)")
+    time_re = re.compile(r".*Epoch\[(\d+)\] Time.*=([.\d]+)")
+    speed_re = re.compile(r"^Epoch\[(\d+)\] Batch \[(\d+)-(\d+)\]\tSpeed: ([.\d]+) samples/sec\taccuracy=([.\d]+)$")
+    assert [train_re.match(line).group(1) for line in lines if train_re.match(line)] == ["0", "1"]
+    assert [val_re.match(line).group(1) for line in lines if val_re.match(line)] == ["0", "1"]
+    assert len([line for line in lines if time_re.match(line)]) == 2
+    assert [speed_re.match(line).group(2, 3) for line in lines if speed_re.match(line)] == [("0", "2"), ("2", "4")] * 2
+    assert lines.count(f'Saved checkpoint to "{tmp_path / "model"}-0002.params"') == 1
+
+
+async def test_a_failing_model_surfaces_as_its_own_exception(tmp_path):
+    class Broken(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(3 * 8 * 8, 4)
+
+        def forward(self, data):
+            raise ArithmeticError("broken model")
+
+    with pytest.raises(ArithmeticError, match="broken model"):
+        await train(small_config(tmp_path), model=Broken(), train_data=synthetic_data())
+
+
+async def test_trains_on_mxnet_records_and_learns(tmp_path):
+    config = config_from_dict({
+        "data": {"data_train": str(MXNET_FIXTURES / "train.rec"), "data_val": str(MXNET_FIXTURES / "val.rec"),
+                 "image_shape": [3, 64, 64], "num_classes": 10, "batch_size": 100, "data_nthreads": 2},
+        "model": {"network": "mlp"},
+        "train": {"num_epochs": 1, "lr": 0.05, "disp_batches": 4},
+    })
+    async with open_run(config) as run:
+        events = [event async for event in run.events()]
+    assert isinstance(events[0], RunStarted)
+    assert [event.samples for event in events if isinstance(event, EpochEnd)] == [800]
+    assert [event.samples for event in events if isinstance(event, Validation)] == [200]
+
+
+async def test_cancelling_the_callers_scope_mid_epoch_stops_promptly(tmp_path):
+    yielded = []
+
+    def counted_data(epoch):
+        async def batches():
+            for index in range(6):
+                yielded.append((epoch, index))
+                data = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(epoch * 10 + index))
+                yield data, torch.zeros(16)
+        return batches()
+
+    at_cancel = None
+    nurseries_before = list(trio.lowlevel.current_task().child_nurseries)
+    with trio.CancelScope() as scope:
+        async with open_run(small_config(tmp_path, train={"num_epochs": 50}), train_data=counted_data) as run:
+            async for event in run.events():
+                if isinstance(event, BatchEnd) and event.epoch == 2:
+                    at_cancel = len(yielded)
+                    scope.cancel()
+    assert scope.cancelled_caught and at_cancel is not None
+    # The loader is at most a few batches ahead (bounded channels); nothing runs after the scope ends.
+    assert len(yielded) - at_cancel <= 4
+    assert checkpoints.saved_epochs(str(tmp_path / "model")) == [1, 2]
+    model_state, states = checkpoints.load_checkpoint(str(tmp_path / "model"), 2)
+    assert states["epoch"] == 2 and "fc1.weight" in model_state
+    assert not list(tmp_path.glob("*.tmp"))
+    assert trio.lowlevel.current_task().child_nurseries == nurseries_before  # no task of the run left
+
+
+async def test_two_concurrent_runs_equal_two_sequential_ones(tmp_path):
+    configs = {name: small_config(tmp_path / name, train={"seed": seed, "devices": devices})
+               for name, seed, devices in [("a", 1, ["cpu"]), ("b", 2, ["cpu", "cpu"])]}
+    async with trio.open_nursery() as nursery:
+        for name, config in configs.items():
+            nursery.start_soon(lambda config=config: train(config, train_data=synthetic_data(seed=5)))
+    concurrent = {name: final_params(tmp_path / name, 2) for name in configs}
+    for name, config in configs.items():
+        await train(small_config(tmp_path / f"{name}-alone", train={"seed": config.train.seed,
+                                                                     "devices": list(config.train.devices)}),
+                    train_data=synthetic_data(seed=5))
+        alone = final_params(tmp_path / f"{name}-alone", 2)
+        assert all(torch.equal(alone[key], concurrent[name][key]) for key in alone)
+    assert not torch.equal(concurrent["a"]["fc1.weight"], concurrent["b"]["fc1.weight"])
+
+
+async def test_a_stalled_subscriber_with_drop_policy_does_not_hold_training(tmp_path):
+    config = small_config(tmp_path, train={"num_epochs": 3, "disp_batches": 1})
+    async with open_run(config, train_data=synthetic_data()) as run:
+        stalled = run.events(max_buffer=2, policy="drop_oldest")  # never read while training runs
+        result = await run.wait()
+        left = [event async for event in stalled]
+    assert result.updates == 18
+    assert len(left) == 2 and isinstance(left[-1], RunFinished)
+    assert stalled.dropped > 10
+
+
+async def test_the_event_log_holds_every_event_of_the_run(tmp_path):
+    from flow.event_log import event_log_path, read_events
+
+    async with open_run(small_config(tmp_path), train_data=synthetic_data()) as run:
+        seen = [event async for event in run.events()]
+    assert read_events(event_log_path(str(tmp_path / "model"))) == seen
+
+
+async def test_fine_tune_from_a_checkpoint_keeps_the_body_and_replaces_the_classifier(tmp_path):
+    await train(small_config(tmp_path / "base"), train_data=synthetic_data())
+    base = final_params(tmp_path / "base", 2)
+    tuned = small_config(tmp_path / "tuned", data={"num_classes": 3}, train={"num_epochs": 1, "lr": 1e-9, "wd": 0.0},
+                         model={"pretrained_prefix": str(tmp_path / "base" / "model"), "pretrained_epoch": 2})
+    three_classes = synthetic_data()
+
+    def relabel(epoch):
+        async def batches():
+            async for data, label in three_classes(epoch):
+                yield data, label.clamp(max=2)
+        return batches()
+
+    await train(tuned, train_data=relabel)
+    params = final_params(tmp_path / "tuned", 1)
+    torch.testing.assert_close(params["fc1.weight"], base["fc1.weight"], atol=1e-6, rtol=0)
+    assert params["fc3.weight"].shape[0] == 3
+    spec = checkpoints.load_model_spec(str(tmp_path / "tuned" / "model"))
+    assert spec["fine_tune"][0]["num_classes"] == 3
+
+
+@pytest.mark.parametrize("train_options", [{"precision": "bf16"}, {"optimizer": "adam", "lr": 0.01},
+                                           {"nesterov": True, "clip_gradient": 0.1, "lr_schedule": "cosine",
+                                            "warmup_epochs": 0.5}])
+async def test_optimizer_and_precision_options_train(tmp_path, train_options):
+    result = await train(small_config(tmp_path, train=train_options), train_data=synthetic_data())
+    assert result.updates == 12 and 0 <= result.train_metrics[0][1] <= 1
