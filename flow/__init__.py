@@ -30,7 +30,7 @@ _EXPORTS = {
     "train": "flow.run",
     "Run": "flow.run",
     "RunResult": "flow.run",
-    "test_io": "flow.test_io",
+    "test_io": "flow.io_speed:measure",
     "read_events": "flow.event_log",
     "events": "flow.events",
 }
@@ -39,10 +39,14 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    module_name = _EXPORTS.get(name)
-    if module_name is None:
+    target = _EXPORTS.get(name)
+    if target is None:
         raise AttributeError(f"module 'flow' has no attribute {name!r}")
+    module_name, _, attribute = target.partition(":")
     module = importlib.import_module(module_name)
-    value = module if module_name.rsplit(".", 1)[1] == name else getattr(module, name)
+    if attribute:
+        value = getattr(module, attribute)
+    else:
+        value = module if module_name.rsplit(".", 1)[1] == name else getattr(module, name)
     globals()[name] = value
     return value

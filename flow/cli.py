@@ -19,7 +19,7 @@ COMMANDS = {
     "run": "flow.run_command",
     "events": "flow.events_command",
     "plot": "flow.plot",
-    "test-io": "flow.test_io",
+    "test-io": "flow.io_speed",
 }
 
 

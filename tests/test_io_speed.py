@@ -6,7 +6,7 @@ import pytest
 
 from flow.cli import main
 from flow.config import config_from_dict
-from flow.test_io import measure, steady_line
+from flow.io_speed import measure, steady_line
 from tests.fixtures import MXNET_FIXTURES
 
 BATCH_LINE = re.compile(r"^Batch \[(\d+)\]\tSpeed: \d+\.\d\d samples/sec$")
