@@ -136,7 +136,7 @@ class LoaderSettings:
 async def loader(settings: LoaderSettings, send_channel: trio.MemorySendChannel,
                  begin_epoch: int = 0, num_epochs: int = 1) -> None:
     """Sends each epoch's Batches, then its EpochEnd, for `num_epochs` epochs from `begin_epoch`."""
-    async with send_channel:
+    with send_channel:  # sync close: an async one could let Cancelled hide our error
         with first_error():
             if settings.benchmark:
                 await _send_synthetic(settings, send_channel, begin_epoch, num_epochs)
