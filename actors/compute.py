@@ -37,7 +37,7 @@ class Work:
     index: int
     data: torch.Tensor | None = None
     label: torch.Tensor | None = None
-    weight: torch.Tensor | None = None  # 1 per real sample, 0 per pad: pads count in no loss and no metric
+    weight: torch.Tensor | None = None  # 1 per real sample, 0 per pad (None: no pads): pads count in no loss
     scale: float = 1.0  # 1 / real samples in the whole batch: the update averages over the global batch
     weights: list[torch.Tensor] | None = None  # newest master weights to load first (several replicas)
 
@@ -83,15 +83,18 @@ class _Replica:
             torch.manual_seed(derive_seed(self.settings.seed, "compute", work.epoch, self.settings.replica))
             self.seeded_epoch = work.epoch
         self.load(work.weights)
-        self.model.train()
+        if not self.model.training:
+            self.model.train()
         data = work.data.to(self.device, non_blocking=True)
         label = work.label.to(self.device, non_blocking=True)
-        weight = work.weight.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
         with self.autocast():
             logits = self.model(data)
-        loss = (self.loss_fn(logits.float(), label) * weight).sum()
+        loss = self.loss_fn(logits.float(), label)
+        if work.weight is not None:
+            loss = loss * work.weight.to(self.device, non_blocking=True)
+        loss = loss.sum()
         loss.backward()
         outputs = torch.softmax(logits.detach().float(), dim=1).cpu()
         if self.updater is not None:
@@ -117,20 +120,31 @@ class _Replica:
             state["updater"] = self.updater.state_dict()
         return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, state=state)
 
-    def run(self, work: Work) -> SliceResult:
-        return {"train": self.train_step, "eval": self.eval_step, "snapshot": self.snapshot}[work.kind](work)
+    def run(self, works: list[Work]) -> list[SliceResult]:
+        steps = {"train": self.train_step, "eval": self.eval_step, "snapshot": self.snapshot}
+        return [steps[work.kind](work) for work in works]
 
 
 async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Callable,
                   work_channel: trio.MemoryReceiveChannel, result_channel: trio.MemorySendChannel,
-                  make_updater: Callable[[list[torch.Tensor]], Updater] | None = None) -> None:
-    """Runs each Work in this device's one worker thread and sends its SliceResult on.
+                  make_updater: Callable[[list[torch.Tensor]], Updater] | None = None,
+                  task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Runs the Work it receives in this device's one worker thread and sends each SliceResult on.
 
+    Work that is already queued when the thread is free goes in the same thread call, in order.
     With `make_updater` (one device, no kvstore) the replica updates its own weights each step.
+    Reports started (for `nursery.start`) once the replica and its optimizer are built.
     """
     one_thread = trio.CapacityLimiter(1)  # one thread per device keeps CUDA streams simple
     replica = await trio.to_thread.run_sync(_Replica, settings, model, loss_fn, make_updater, limiter=one_thread)
+    task_status.started()
     with work_channel, result_channel:  # sync close: an async one could let Cancelled hide our error
         async for work in work_channel:
-            result = await trio.to_thread.run_sync(replica.run, work, limiter=one_thread)
-            await result_channel.send(result)
+            works = [work]
+            while True:
+                try:
+                    works.append(work_channel.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            for result in await trio.to_thread.run_sync(replica.run, works, limiter=one_thread):
+                await result_channel.send(result)

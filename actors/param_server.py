@@ -75,10 +75,12 @@ class _Server:
 
 async def param_server(settings: ServerSettings, initial_weights: list[torch.Tensor],
                        make_updater: Callable[[list[torch.Tensor]], Updater],
-                       request_channel: trio.MemoryReceiveChannel, reply_channel: trio.MemorySendChannel) -> None:
-    """Answers each Update (or StateRequest) with Updated, in order."""
+                       request_channel: trio.MemoryReceiveChannel, reply_channel: trio.MemorySendChannel,
+                       task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Answers each Update (or StateRequest) with Updated, in order; started once its optimizer is built."""
     one_thread = trio.CapacityLimiter(1)
     server = await trio.to_thread.run_sync(_Server, settings, initial_weights, make_updater, limiter=one_thread)
+    task_status.started()
     with request_channel, reply_channel:  # sync close: an async one could let Cancelled hide our error
         async for request in request_channel:
             if isinstance(request, Update):

@@ -8,6 +8,7 @@ and run validation. It holds no tensors of its own beyond the batch in hand.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,8 +70,32 @@ async def fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
             channel.close()
 
 
+# One device updates its own weights (no server), so the loop may queue its next steps while it
+# computes: the hand-off between Trio and the worker thread then leaves the critical path, and a
+# device that finds several steps queued runs them in one thread call.
+_PIPELINE_DEPTH = 4
+
+
+def steps_in_flight(num_devices: int) -> int:
+    """How many steps the loop sends ahead of their results (the work and result channels hold that many)."""
+    return _PIPELINE_DEPTH if num_devices == 1 else 1
+
+
+@dataclass
+class _Step:
+    """A step sent to the devices whose results are not back yet."""
+
+    kind: str  # "train" or "eval"
+    epoch: int
+    index: int
+    label: torch.Tensor
+    samples: int  # real samples (the batch less its pad)
+    slices: int  # results to wait for
+
+
 class _Loop:
-    """The loop's state: the newest master weights each replica has not loaded yet, and the update count."""
+    """The loop's state: steps in flight, the newest master weights each replica has not loaded yet,
+    and the update count."""
 
     def __init__(self, settings: FitSettings, channels: FitChannels):
         self.settings = settings
@@ -78,54 +103,64 @@ class _Loop:
         self.num_devices = len(settings.devices)
         self.unloaded_weights: list = [None] * self.num_devices
         self.num_update = settings.begin_update
+        self.depth = steps_in_flight(self.num_devices)
+        self.in_flight: deque[_Step] = deque()
 
-    async def run_slices(self, kind: str, epoch: int, index: int, batch, scale: float = 1.0,
-                         weight: torch.Tensor | None = None) -> list:
-        bounds = slice_bounds(batch.data.shape[0], self.num_devices)
-        used = [replica for replica, (start, stop) in enumerate(bounds) if stop > start]
-        for replica in used:
-            start, stop = bounds[replica]
-            await self.channels.work[replica].send(Work(
-                kind, epoch, index, batch.data[start:stop], batch.label[start:stop],
-                None if weight is None else weight[start:stop], scale, self.unloaded_weights[replica]))
-            self.unloaded_weights[replica] = None
-        results = [await self.channels.results.receive() for _ in used]
-        return sorted(results, key=lambda result: result.replica)
-
-    async def train_step(self, epoch: int, index: int, batch) -> None:
+    async def send_step(self, kind: str, epoch: int, index: int, batch) -> int:
+        """Hands each device its slice of `batch`; returns the batch's real samples."""
         size = batch.data.shape[0]
         real = size - batch.pad
-        weight = torch.ones(size)
-        weight[real:] = 0
-        results = await self.run_slices("train", epoch, index, batch, 1.0 / real, weight)
-        if self.channels.server_requests is not None:
-            await self.channels.server_requests.send(Update(epoch, index, [r.gradients for r in results], 1.0 / real))
-            updated = await self.channels.server_replies.receive()
-            self.unloaded_weights = [updated.weights] * self.num_devices
-        self.num_update += 1
+        weight = None
+        if batch.pad:  # pads count in no loss and no metric
+            weight = torch.ones(size)
+            weight[real:] = 0
+        bounds = [(0, size)] if self.num_devices == 1 else slice_bounds(size, self.num_devices)
+        slices = 0
+        for replica, (start, stop) in enumerate(bounds):
+            if stop > start:
+                await self.channels.work[replica].send(Work(
+                    kind, epoch, index, batch.data[start:stop], batch.label[start:stop],
+                    None if weight is None else weight[start:stop], 1.0 / real, self.unloaded_weights[replica]))
+                self.unloaded_weights[replica] = None
+                slices += 1
+        self.in_flight.append(_Step(kind, epoch, index, batch.label, real, slices))
+        return real
+
+    async def finish_step(self) -> None:
+        """Waits for the oldest step's results, has the server update (several devices), passes the outputs on."""
+        step = self.in_flight.popleft()
+        results = sorted([await self.channels.results.receive() for _ in range(step.slices)],
+                         key=lambda result: result.replica)
+        lr = 0.0
+        if step.kind == "train":
+            if self.channels.server_requests is not None:
+                await self.channels.server_requests.send(
+                    Update(step.epoch, step.index, [r.gradients for r in results], 1.0 / step.samples))
+                updated = await self.channels.server_replies.receive()
+                self.unloaded_weights = [updated.weights] * self.num_devices
+            self.num_update += 1
+            lr = self.settings.schedule.lr_at(self.num_update)
         outputs = results[0].outputs if len(results) == 1 else torch.cat([r.outputs for r in results])
-        await self.channels.outputs.send(Outputs("train", epoch, index, outputs, batch.label, real,
-                                                 time.perf_counter(), self.settings.schedule.lr_at(self.num_update)))
+        split = "train" if step.kind == "train" else "val"
+        await self.channels.outputs.send(Outputs(split, step.epoch, step.index, outputs, step.label, step.samples,
+                                                 time.perf_counter(), lr))
 
-    async def train_epoch(self, epoch: int) -> None:
+    async def run_epoch(self, kind: str, epoch: int) -> None:
+        """One pass over the epoch's batches (training or validation), then its SplitEnd to the metric actor."""
         start = time.perf_counter()
+        batches = self.channels.train_batches if kind == "train" else self.channels.val_batches
+        what = "training" if kind == "train" else "validation"
         index = samples = 0
-        while not isinstance(batch := await self._next(self.channels.train_batches, "training"), LoaderEpochEnd):
-            await self.train_step(epoch, index, batch)
+        while not isinstance(batch := await self._next(batches, what), LoaderEpochEnd):
+            if len(self.in_flight) >= self.depth:
+                await self.finish_step()
+            samples += await self.send_step(kind, epoch, index, batch)
             index += 1
-            samples += batch.data.shape[0] - batch.pad
-        await self.channels.outputs.send(SplitEnd("train", epoch, index, samples, time.perf_counter() - start))
-
-    async def validate(self, epoch: int) -> None:
-        index = samples = 0
-        while not isinstance(batch := await self._next(self.channels.val_batches, "validation"), LoaderEpochEnd):
-            results = await self.run_slices("eval", epoch, index, batch)
-            outputs = results[0].outputs if len(results) == 1 else torch.cat([r.outputs for r in results])
-            real = batch.data.shape[0] - batch.pad
-            await self.channels.outputs.send(Outputs("val", epoch, index, outputs, batch.label, real, time.perf_counter()))
-            index += 1
-            samples += real
-        await self.channels.outputs.send(SplitEnd("val", epoch, index, samples, 0.0))
+        while self.in_flight:
+            await self.finish_step()
+        split = "train" if kind == "train" else "val"
+        seconds = time.perf_counter() - start if kind == "train" else 0.0
+        await self.channels.outputs.send(SplitEnd(split, epoch, index, samples, seconds))
 
     async def save(self, epoch: int) -> None:
         await self.channels.work[0].send(Work("snapshot", epoch, -1, weights=self.unloaded_weights[0]))
@@ -153,9 +188,9 @@ async def _fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
     await channels.events.send(RunStarted(settings.begin_epoch, settings.num_epochs, list(settings.devices),
                                           settings.kv_store, settings.num_parameters))
     for epoch in range(settings.begin_epoch, settings.num_epochs):
-        await loop.train_epoch(epoch)
+        await loop.run_epoch("train", epoch)
         if channels.saves is not None and (epoch + 1) % settings.checkpoint_period == 0:
             await loop.save(epoch)
         if channels.val_batches is not None:
-            await loop.validate(epoch)
+            await loop.run_epoch("eval", epoch)
     return RunFinished(settings.num_epochs - settings.begin_epoch, loop.num_update, time.perf_counter() - start)

@@ -34,7 +34,7 @@ from flow.config import Config
 from flow.errors import ConfigError
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import CheckpointSaved, EpochEnd, RunFailed, RunFinished, Validation
-from flow.fit import FitChannels, FitSettings, fit
+from flow.fit import FitChannels, FitSettings, fit, steps_in_flight
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
 from flow.recordio import IndexedRecordReader
@@ -235,7 +235,7 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
     with event_send:
         try:
             async with trio.open_nursery() as nursery:
-                fit_summary = _start_actors(nursery, config, plan, loss, event_send)
+                fit_summary = await _start_actors(nursery, config, plan, loss, event_send)
         except Exception as error:
             failure = _single_error(error) if isinstance(error, BaseExceptionGroup) else error
             await event_send.send(RunFailed(type(failure).__name__, str(failure)))
@@ -243,9 +243,13 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
         await event_send.send(fit_summary.receive_nowait())
 
 
-def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss: Callable,
-                  event_send: trio.MemorySendChannel) -> trio.MemoryReceiveChannel:
-    """Starts every training actor; returns where the fit loop's summary (RunFinished) will be."""
+async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss: Callable,
+                        event_send: trio.MemorySendChannel) -> trio.MemoryReceiveChannel:
+    """Starts every training actor; returns where the fit loop's summary (RunFinished) will be.
+
+    The devices and the server are ready (replicas built, optimizer made) before the fit loop
+    starts, so the first epoch's clock does not count their start-up.
+    """
     data, train, saving = config.data, config.train, config.checkpoint
     devices = train.devices
     several = len(devices) > 1
@@ -270,17 +274,19 @@ def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss: Call
         server_send, server_receive = trio.open_memory_channel(0)
         server_reply_send, server_reply_receive = trio.open_memory_channel(1)
         weights = [p.detach() for p in plan.model.parameters()]
-        nursery.start_soon(param_server, ServerSettings(train.kv_store, devices), weights, make_updater,
-                           server_receive, server_reply_send)
+        await nursery.start(param_server, ServerSettings(train.kv_store, devices), weights, make_updater,
+                            server_receive, server_reply_send)
 
-    result_send, result_receive = trio.open_memory_channel(len(devices))
+    # Sized so that neither the loop nor a device ever waits on the other to make room.
+    in_flight = steps_in_flight(len(devices))
+    result_send, result_receive = trio.open_memory_channel(in_flight * len(devices))
     work_sends = []
     for replica, device in enumerate(devices):
-        work_send, work_receive = trio.open_memory_channel(1)
+        work_send, work_receive = trio.open_memory_channel(in_flight)
         work_sends.append(work_send)
         replica_model = copy.deepcopy(plan.model) if replica else plan.model
-        nursery.start_soon(compute, ComputeSettings(device, replica, train.precision, train.seed), replica_model,
-                           loss, work_receive, result_send.clone(), None if several else make_updater)
+        await nursery.start(compute, ComputeSettings(device, replica, train.precision, train.seed), replica_model,
+                            loss, work_receive, result_send.clone(), None if several else make_updater)
     result_send.close()
 
     epochs = train.num_epochs - plan.begin_epoch
