@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from flow.atomic import write_atomically
 from flow.errors import FlowError
 
 
@@ -31,21 +32,6 @@ def states_path(prefix: str, epoch: int) -> Path:
 
 def model_json_path(prefix: str) -> Path:
     return Path(f"{prefix}-model.json")
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    with open(tmp_path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp_path, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _torch_bytes(value) -> bytes:

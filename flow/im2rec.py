@@ -36,6 +36,7 @@ import simplejpeg
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from flow.atomic import write_atomically
 from flow.errors import FlowError, ImageError
 from flow.image import center_crop_square, decode, encode, is_jpeg, resize_shorter
 from flow.recordio import IRHeader, RecordWriter, pack
@@ -163,20 +164,6 @@ def format_list(items: Iterable[ListItem]) -> str:
     )
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Writes `path` through a temporary file, fsynced and renamed, so readers never see half a list."""
-    tmp_path = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp_path, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_path, path)
-    except OSError as error:
-        tmp_path.unlink(missing_ok=True)
-        raise FlowError(f"cannot write: {error.strerror}", path) from None
-
-
 def make_lists(prefix: str, root: Path, *, recursive: bool, exts: Iterable[str], shuffle: bool, seed: int,
                chunks: int, train_ratio: float, test_ratio: float) -> list[Path]:
     """Writes the `.lst` files for the images under `root`; returns their paths."""
@@ -195,7 +182,7 @@ def make_lists(prefix: str, root: Path, *, recursive: bool, exts: Iterable[str],
     written = []
     for suffix, chunk in split_lists(items, chunks, train_ratio, test_ratio).items():
         path = Path(os.fspath(prefix) + suffix)
-        write_atomically(path, format_list(chunk))
+        write_atomically(path, format_list(chunk).encode("utf-8"))
         written.append(path)
     return written
 

@@ -20,6 +20,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from flow.atomic import replace_durably, temporary_path
 from flow.errors import RecordIOError
 
 MAGIC = 0xCED7230A
@@ -258,15 +259,6 @@ class IndexedRecordReader(RecordReader):
 # --------------------------------------------------------------------------- writing
 
 
-def _write_durably(tmp_path: Path, final_path: Path) -> None:
-    os.replace(tmp_path, final_path)
-    directory = os.open(final_path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 class RecordWriter:
     """Writes a `.rec`, and its `.idx` when `index_path` is given (or `index=True`: beside it).
 
@@ -280,7 +272,7 @@ class RecordWriter:
         if index and index_path is None:
             index_path = index_path_for(path)
         self.index_path = None if index_path is None else Path(index_path)
-        self._tmp_path = self.path.with_name(self.path.name + ".tmp")
+        self._tmp_path = temporary_path(self.path)
         self._file = open(self._tmp_path, "wb")
         self._index_lines: list[str] = []
         self._position = 0
@@ -307,17 +299,17 @@ class RecordWriter:
         os.fsync(self._file.fileno())
         self._file.close()
         if self.index_path is not None:
-            index_tmp = self.index_path.with_name(self.index_path.name + ".tmp")
+            index_tmp = temporary_path(self.index_path)
             with open(index_tmp, "w") as index_file:
                 index_file.writelines(self._index_lines)
                 index_file.flush()
                 os.fsync(index_file.fileno())
             # An old index must never describe the new .rec: drop it before the .rec moves in.
             self.index_path.unlink(missing_ok=True)
-            _write_durably(self._tmp_path, self.path)
-            _write_durably(index_tmp, self.index_path)
+            replace_durably(self._tmp_path, self.path)
+            replace_durably(index_tmp, self.index_path)
         else:
-            _write_durably(self._tmp_path, self.path)
+            replace_durably(self._tmp_path, self.path)
 
     def abort(self) -> None:
         """Drops what was written; the files at `path` and `index_path` stay as they were."""

@@ -2,6 +2,9 @@
 
 import logging
 import re
+import sys
+import threading
+import traceback
 
 import pytest
 import torch
@@ -11,7 +14,7 @@ from flow import checkpoints
 from flow.config import config_from_dict
 from flow.events import BatchEnd, CheckpointSaved, EpochEnd, RunFinished, RunStarted, Validation
 from flow.run import open_run, train
-from tests.fixtures import MXNET_FIXTURES
+from tests.fixtures import MXNET_FIXTURES, REPO_ROOT
 
 
 def synthetic_data(epoch_batches=6, batch_size=16, seed=0):
@@ -38,6 +41,14 @@ def small_config(tmp_path, **sections):
     for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     return config_from_dict(raw)
+
+
+def threads_running_flow_code():
+    """Threads (other than this one) whose stack is inside flow's own code."""
+    ours = (str(REPO_ROOT / "flow"), str(REPO_ROOT / "actors"))
+    return [thread_id for thread_id, frame in sys._current_frames().items()
+            if thread_id != threading.get_ident()
+            and any(entry.filename.startswith(ours) for entry in traceback.extract_stack(frame))]
 
 
 def final_params(tmp_path, epoch):
@@ -170,6 +181,7 @@ async def test_cancelling_the_callers_scope_mid_epoch_stops_promptly(tmp_path):
     assert states["epoch"] == 2 and "fc1.weight" in model_state
     assert not list(tmp_path.glob("*.tmp"))
     assert trio.lowlevel.current_task().child_nurseries == nurseries_before  # no task of the run left
+    assert not threads_running_flow_code()
 
 
 async def test_two_concurrent_runs_equal_two_sequential_ones(tmp_path):
@@ -234,3 +246,16 @@ async def test_fine_tune_from_a_checkpoint_keeps_the_body_and_replaces_the_class
 async def test_optimizer_and_precision_options_train(tmp_path, train_options):
     result = await train(small_config(tmp_path, train=train_options), train_data=synthetic_data())
     assert result.updates == 12 and 0 <= result.train_metrics[0][1] <= 1
+
+
+async def test_a_custom_loss_is_what_the_model_learns_from(tmp_path):
+    calls = []
+
+    def weighted_loss(logits, label):
+        calls.append(len(label))
+        return torch.nn.functional.cross_entropy(logits, label.long(), reduction="none") * 0.0  # learns nothing
+
+    await train(small_config(tmp_path, train={"wd": 0.0, "mom": 0.0}), train_data=synthetic_data(), loss=weighted_loss)
+    model_state, _ = checkpoints.load_checkpoint(str(tmp_path / "model"), 1)
+    assert calls == [16] * 12
+    assert torch.equal(model_state["fc1.weight"], final_params(tmp_path, 2)["fc1.weight"])
