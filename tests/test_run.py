@@ -12,7 +12,7 @@ import trio
 
 from flow import checkpoints
 from flow.config import config_from_dict
-from flow.events import BatchEnd, CheckpointSaved, EpochEnd, RunFinished, RunStarted, Validation
+from flow.events import BatchEnd, CheckpointSaved, EpochEnd, RunFailed, RunFinished, RunStarted, Validation
 from flow.run import open_run, train
 from tests.fixtures import MXNET_FIXTURES, REPO_ROOT
 
@@ -136,8 +136,13 @@ async def test_a_failing_model_surfaces_as_its_own_exception(tmp_path):
         def forward(self, data):
             raise ArithmeticError("broken model")
 
+    seen = []
     with pytest.raises(ArithmeticError, match="broken model"):
-        await train(small_config(tmp_path), model=Broken(), train_data=synthetic_data())
+        async with open_run(small_config(tmp_path), model=Broken(), train_data=synthetic_data()) as run:
+            async for event in run.events():
+                seen.append(event)
+    assert isinstance(seen[0], RunStarted)
+    assert seen[-1] == RunFailed("ArithmeticError", "broken model")
 
 
 async def test_trains_on_mxnet_records_and_learns(tmp_path):
