@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from flow.errors import FlowError
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"flow {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `flow events FILE | head`: the reader left, which is no error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         if args.debug:
             raise

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise FlowError("flow plot needs matplotlib: pip install 'flow[plot]'") from None
     from flow.event_log import read_events
@@ -52,12 +53,13 @@ def run(args: argparse.Namespace) -> int:
             if values:
                 axis.plot(list(values), list(values.values()), marker="o", label=split)
         axis.set_title(name)
-        axis.set_xlabel("epoch")
         axis.legend()
     speed_axis = axes[0][-1]
     speed_axis.plot(list(speed), list(speed.values()), marker="o")
     speed_axis.set_title("speed (samples/s)")
-    speed_axis.set_xlabel("epoch")
+    for axis in axes[0]:
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     figure.tight_layout()
     figure.savefig(args.output)
     print(f"plot: wrote {args.output}")
