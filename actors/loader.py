@@ -19,7 +19,6 @@ import math
 import mmap
 import os
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,7 +30,7 @@ import trio
 from flow import augment
 from flow.augment import AugmentParams, AugmentSettings
 from flow.config import DataConfig
-from flow.errors import ConfigError, ImageError, RecordIOError
+from flow.errors import ConfigError, ImageError, RecordIOError, unwrapped_errors
 from flow.image import decode
 from flow.recordio import IR_HEADER_SIZE, IndexedRecordReader, unpack
 from flow.seeding import derive_seed
@@ -137,7 +136,7 @@ async def loader(settings: LoaderSettings, send_channel: trio.MemorySendChannel,
                  begin_epoch: int = 0, num_epochs: int = 1) -> None:
     """Sends each epoch's Batches, then its EpochEnd, for `num_epochs` epochs from `begin_epoch`."""
     with send_channel:  # sync close: an async one could let Cancelled hide our error
-        with first_error():
+        with unwrapped_errors():
             if settings.benchmark:
                 await _send_synthetic(settings, send_channel, begin_epoch, num_epochs)
                 return
@@ -146,28 +145,6 @@ async def loader(settings: LoaderSettings, send_channel: trio.MemorySendChannel,
                 await _send_batches(records, settings, send_channel, begin_epoch, num_epochs)
             finally:
                 records.close()
-
-
-@contextmanager
-def first_error() -> Iterator[None]:
-    """Re-raises the first real error from the loader's task groups on its own, so callers can catch a
-    FlowError rather than an ExceptionGroup around one."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        error = _first_leaf(group)
-        if error is None:
-            raise
-        raise error from None
-
-
-def _first_leaf(group: BaseExceptionGroup) -> BaseException | None:
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            error = _first_leaf(error)
-        if error is not None and not isinstance(error, trio.Cancelled):
-            return error
-    return None
 
 
 # --------------------------------------------------------------------------- the records

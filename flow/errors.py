@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class FlowError(Exception):
@@ -39,3 +41,36 @@ class ImageError(FlowError):
 
 class ConfigError(FlowError):
     """A config key that is unknown, of the wrong type or out of range."""
+
+
+def first_cause(error: BaseException) -> BaseException:
+    """The exception that started a failure, out of the (nested) groups Trio's nurseries raise.
+
+    When one actor fails, the others see echoes of it (Cancelled, or their channels closing under
+    them); the first exception that is none of those is the cause. With nothing else, `error` itself.
+    """
+    import trio  # here, so that importing this module stays cheap for the CLI's light commands
+
+    echoes = (trio.Cancelled, trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
+
+    def leaves(exception: BaseException) -> Iterator[BaseException]:
+        if isinstance(exception, BaseExceptionGroup):
+            for inner in exception.exceptions:
+                yield from leaves(inner)
+        else:
+            yield exception
+
+    return next((leaf for leaf in leaves(error) if not isinstance(leaf, echoes)), error)
+
+
+@contextmanager
+def unwrapped_errors() -> Iterator[None]:
+    """Re-raises an exception group from the block as its first cause, so callers catch a FlowError
+    (or the user's own exception) rather than an ExceptionGroup around one."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        cause = first_cause(group)
+        if cause is group:
+            raise
+        raise cause from None

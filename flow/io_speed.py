@@ -40,7 +40,8 @@ async def measure(config, emit: Callable[[str], None] | None = None) -> list[tup
     the Batch and epoch lines as they happen."""
     import trio
 
-    from actors.loader import EpochEnd, LoaderSettings, first_error, loader
+    from actors.loader import EpochEnd, LoaderSettings, loader
+    from flow.errors import unwrapped_errors
     from flow.metrics import io_speed_line
 
     settings = LoaderSettings.from_config(config.data, "train", config.train.seed)
@@ -48,7 +49,7 @@ async def measure(config, emit: Callable[[str], None] | None = None) -> list[tup
     emit = emit or (lambda line: None)
     epochs: list[tuple[int, float]] = []
     send_channel, receive_channel = trio.open_memory_channel(0)
-    with first_error():
+    with unwrapped_errors():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(loader, settings, send_channel, 0, config.train.num_epochs)
             async with receive_channel:

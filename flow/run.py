@@ -31,7 +31,7 @@ from actors.metrics import MetricSettings, metrics
 from actors.param_server import ServerSettings, param_server
 from flow import checkpoints, models
 from flow.config import Config
-from flow.errors import ConfigError
+from flow.errors import ConfigError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import CheckpointSaved, EpochEnd, RunFailed, RunFinished, Validation
 from flow.fit import FitChannels, FitSettings, fit, steps_in_flight
@@ -66,6 +66,7 @@ class Run:
         self._subscriptions = subscriptions
         self._finished = trio.Event()
         self._result = RunResult()
+        self.error: BaseException | None = None  # what made the run fail, if it did
         self._tracker = self.events()
 
     def events(self, max_buffer: int = 1024, policy: str = "block") -> Subscription:
@@ -79,8 +80,10 @@ class Run:
         return subscription
 
     async def wait(self) -> RunResult:
-        """Waits until the run ends and returns its result (an actor's error is raised by open_run)."""
+        """Waits until the run ends and returns its result; raises the run's error if it failed."""
         await self._finished.wait()
+        if self.error is not None:
+            raise self.error
         return self._result
 
     def cancel(self) -> None:
@@ -109,45 +112,24 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
     (iterated once per epoch) or a callable epoch -> async iterable, as `actors.feed` describes.
     """
     plan = _plan(config, model, train_data, val_data)
-    try:
+    with unwrapped_errors():
         async with trio.open_nursery() as nursery:
             run = Run(nursery.cancel_scope, plan.subscriptions)
             nursery.start_soon(run._track)
             event_send, event_receive = trio.open_memory_channel(0)
             log = EventLogWriter(event_log_path(config.checkpoint.model_prefix)) if config.checkpoint.model_prefix else None
             nursery.start_soon(bus, event_receive, plan.subscriptions, log)
-            nursery.start_soon(_training, config, plan, loss or softmax_cross_entropy, event_send)
+            nursery.start_soon(_training, config, plan, loss or softmax_cross_entropy, event_send, run)
             yield run
             nursery.cancel_scope.cancel()  # leaving the block ends the run, finished or not
-    except BaseExceptionGroup as group:
-        raise _single_error(group) from None
+    if run.error is not None:
+        raise run.error
 
 
 async def train(config: Config, **options) -> RunResult:
     """Runs `config` to the end and returns its result (`options` as for open_run)."""
     async with open_run(config, **options) as run:
         return await run.wait()
-
-
-# What the other actors see when one dies: its channels close under them. Not the cause.
-_ECHOES = (trio.Cancelled, trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-def _single_error(group: BaseExceptionGroup) -> BaseException:
-    """The failing actor's own exception out of the nursery's group, without the echoes in the others."""
-    errors = list(_leaves(group))
-    causes = [error for error in errors if not isinstance(error, _ECHOES)]
-    if len(causes) == 1:
-        return causes[0]
-    return errors[0] if len(errors) == 1 else group
-
-
-def _leaves(error: BaseException):
-    if isinstance(error, BaseExceptionGroup):
-        for inner in error.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield error
 
 
 @dataclass
@@ -230,16 +212,21 @@ def _model(config: Config, model: torch.nn.Module | None) -> tuple[torch.nn.Modu
     return built, models.model_spec(network.network, data.num_classes, data.image_shape, network.num_layers)
 
 
-async def _training(config: Config, plan: _Plan, loss: Callable, event_send: trio.MemorySendChannel) -> None:
-    """Runs the training actors; then, with every other event out, the summary (or the failure) as the last event."""
+async def _training(config: Config, plan: _Plan, loss: Callable, event_send: trio.MemorySendChannel,
+                    run: Run) -> None:
+    """Runs the training actors; then, with every other event out, the summary as the last event.
+
+    A failing actor stops them all; the stream then ends with RunFailed, and the error waits in
+    `run.error` for `run.wait()` and the end of `open_run`, so subscribers see the whole story.
+    """
     with event_send:
         try:
             async with trio.open_nursery() as nursery:
                 fit_summary = await _start_actors(nursery, config, plan, loss, event_send)
         except Exception as error:
-            failure = _single_error(error) if isinstance(error, BaseExceptionGroup) else error
-            await event_send.send(RunFailed(type(failure).__name__, str(failure)))
-            raise
+            run.error = first_cause(error)
+            await event_send.send(RunFailed(type(run.error).__name__, str(run.error)))
+            return
         await event_send.send(fit_summary.receive_nowait())
 
 
