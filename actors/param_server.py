@@ -18,12 +18,16 @@ from flow.optim import Updater
 
 @dataclass(frozen=True)
 class ServerSettings:
-    kv_store: str  # "local" or "device"
+    kv_store: str  # "local", "device", "dist_sync" or "dist_device_sync"
     devices: tuple[str, ...]
 
     @property
     def master_device(self) -> torch.device:
-        return torch.device("cpu" if self.kv_store == "local" else self.devices[0])
+        return torch.device("cpu" if self.kv_store in ("local", "dist_sync") else self.devices[0])
+
+    @property
+    def distributed(self) -> bool:
+        return self.kv_store.startswith("dist")
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,7 @@ class Update:
     epoch: int
     index: int
     gradients: list[list[torch.Tensor]]
-    scale: float  # 1 / real samples in the global batch
+    samples: int  # real samples in this process's batch
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class _Server:
         self.weights = [w.detach().to(device, copy=True).requires_grad_(w.requires_grad) for w in initial_weights]
         self.updater = make_updater(self.weights)
         self.device = device
+        self.distributed = settings.distributed
 
     def update(self, message: Update) -> Updated:
         for position, weight in enumerate(self.weights):
@@ -65,8 +70,21 @@ class _Server:
             for replica_gradients in message.gradients[1:]:
                 total.add_(replica_gradients[position].to(self.device))
             weight.grad = total
-        self.updater.step(message.scale)
+        samples = message.samples
+        if self.distributed:
+            samples = self._sum_over_processes([w.grad for w in self.weights], samples)
+        self.updater.step(1.0 / samples)
         return Updated(self.updater.num_update, self.updater.lr, [w.detach() for w in self.weights])
+
+    def _sum_over_processes(self, gradients: list[torch.Tensor], samples: int) -> int:
+        """Sums the gradients (in place) and the sample counts of every process: one all_reduce a step."""
+        flat = torch.cat([g.reshape(-1) for g in gradients] + [torch.tensor([float(samples)], device=self.device)])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for gradient in gradients:
+            gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
+            offset += gradient.numel()
+        return int(flat[-1].item())
 
     def state(self) -> Updated:
         return Updated(self.updater.num_update, self.updater.lr, [w.detach() for w in self.weights],

@@ -107,7 +107,7 @@ class TrainConfig:
 
     num_epochs: int = knob(10, "a positive integer", _positive)
     devices: tuple[str, ...] = knob(("cpu",), "a list of devices like 'cpu' or 'cuda:0'", lambda v: len(v) > 0)
-    kv_store: str = knob("local", choices=("local", "device"))  # dist_* (torch.distributed): not yet
+    kv_store: str = knob("local", choices=("local", "device", "dist_sync", "dist_device_sync"))
     optimizer: str = knob("sgd", choices=("sgd", "adam"))
     lr: float = knob(0.1, "a positive float", _positive)
     lr_schedule: str = knob("multifactor", choices=("multifactor", "cosine"))

@@ -76,9 +76,10 @@ async def fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
 _PIPELINE_DEPTH = 4
 
 
-def steps_in_flight(num_devices: int) -> int:
-    """How many steps the loop sends ahead of their results (the work and result channels hold that many)."""
-    return _PIPELINE_DEPTH if num_devices == 1 else 1
+def steps_in_flight(server: bool) -> int:
+    """How many steps the loop sends ahead of their results (the work and result channels hold that many):
+    with a parameter server each step waits for the update before the next is sent."""
+    return 1 if server else _PIPELINE_DEPTH
 
 
 @dataclass
@@ -103,7 +104,7 @@ class _Loop:
         self.num_devices = len(settings.devices)
         self.unloaded_weights: list = [None] * self.num_devices
         self.num_update = settings.begin_update
-        self.depth = steps_in_flight(self.num_devices)
+        self.depth = steps_in_flight(channels.server_requests is not None)
         self.in_flight: deque[_Step] = deque()
 
     async def send_step(self, kind: str, epoch: int, index: int, batch) -> int:
@@ -135,7 +136,7 @@ class _Loop:
         if step.kind == "train":
             if self.channels.server_requests is not None:
                 await self.channels.server_requests.send(
-                    Update(step.epoch, step.index, [r.gradients for r in results], 1.0 / step.samples))
+                    Update(step.epoch, step.index, [r.gradients for r in results], step.samples))
                 updated = await self.channels.server_replies.receive()
                 self.unloaded_weights = [updated.weights] * self.num_devices
             self.num_update += 1

@@ -13,6 +13,7 @@ cancelling the caller's scope cancels every actor, and each closes what it owns.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from actors.metrics import MetricSettings, metrics
 from actors.param_server import ServerSettings, param_server
 from flow import checkpoints, models
 from flow.config import Config
+from flow.distributed import Cluster, join
 from flow.errors import ConfigError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import CheckpointSaved, EpochEnd, RunFailed, RunFinished, Validation
@@ -117,7 +119,7 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
             run = Run(nursery.cancel_scope, plan.subscriptions)
             nursery.start_soon(run._track)
             event_send, event_receive = trio.open_memory_channel(0)
-            log = EventLogWriter(event_log_path(config.checkpoint.model_prefix)) if config.checkpoint.model_prefix else None
+            log = EventLogWriter(event_log_path(config.checkpoint.model_prefix)) if plan.writes_files else None
             nursery.start_soon(bus, event_receive, plan.subscriptions, log)
             nursery.start_soon(_training, config, plan, loss or softmax_cross_entropy, event_send, run)
             yield run
@@ -147,21 +149,26 @@ class _Plan:
     train_data: object
     val_data: object
     batches_per_epoch: int  # 0: unknown (custom data)
+    cluster: Cluster
+    writes_files: bool  # checkpoints and the event log: one process writes them (rank 0)
     subscriptions: list[Subscription] = field(default_factory=list)
 
 
 def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -> _Plan:
     data, train, saving = config.data, config.train, config.checkpoint
+    cluster = join(train.kv_store, train.devices)
     train_loader = val_loader = None
     if train_data is None:
         if not data.data_train and not data.benchmark:
             raise ConfigError("data.data_train: expected the training .rec file, got nothing")
         train_loader = loader_actor.LoaderSettings.from_config(data, "train", train.seed)
+        if cluster.world_size > 1:  # each process its own shard, as fit.py: num_parts = workers, part_index = rank
+            train_loader = dataclasses.replace(train_loader, num_parts=cluster.world_size, part_index=cluster.rank)
         if data.data_val and val_data is None:
             val_loader = loader_actor.LoaderSettings.from_config(data, "val", train.seed)
     num_examples = data.num_examples or (_record_count(train_loader) if train_loader else 0)
     if num_examples:
-        epoch_size = updates_per_epoch(num_examples, data.batch_size, data.num_parts)
+        epoch_size = updates_per_epoch(num_examples, data.batch_size, max(data.num_parts, cluster.world_size))
     elif train.lr_step_epochs or train.lr_schedule == "cosine" or train.warmup_epochs:
         raise ConfigError("data.num_examples: the lr schedule counts in epochs, so custom data needs num_examples")
     else:
@@ -182,7 +189,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         warmup_steps=math.ceil(train.warmup_epochs * epoch_size), warmup_begin_lr=train.warmup_begin_lr)
     begin_update = updater_state["num_update"] if updater_state else epoch_size * begin_epoch
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
-                 train_data, val_data, epoch_size if num_examples else 0)
+                 train_data, val_data, epoch_size if num_examples else 0, cluster,
+                 writes_files=bool(saving.model_prefix) and cluster.rank == 0)
 
 
 def _record_count(settings: loader_actor.LoaderSettings) -> int:
@@ -239,7 +247,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     """
     data, train, saving = config.data, config.train, config.checkpoint
     devices = train.devices
-    several = len(devices) > 1
+    server = len(devices) > 1 or plan.cluster.distributed  # else the one device updates itself (no kvstore)
 
     def make_updater(parameters: list[torch.Tensor]) -> Updater:
         updater = Updater(parameters, train, plan.schedule)
@@ -251,13 +259,13 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     nursery.start_soon(metrics, MetricSettings(train.metrics, train.top_k, data.batch_size, train.disp_batches,
                                                plan.batches_per_epoch), output_receive, event_send.clone())
     save_send = None
-    if saving.model_prefix:
+    if plan.writes_files:
         save_send, save_receive = trio.open_memory_channel(1)
         nursery.start_soon(checkpoint, CheckpointSettings(saving.model_prefix, saving.keep), save_receive,
                            event_send.clone())
 
     server_send = server_reply_receive = None
-    if several:
+    if server:
         server_send, server_receive = trio.open_memory_channel(0)
         server_reply_send, server_reply_receive = trio.open_memory_channel(1)
         weights = [p.detach() for p in plan.model.parameters()]
@@ -265,7 +273,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
                             server_receive, server_reply_send)
 
     # Sized so that neither the loop nor a device ever waits on the other to make room.
-    in_flight = steps_in_flight(len(devices))
+    in_flight = steps_in_flight(server)
     result_send, result_receive = trio.open_memory_channel(in_flight * len(devices))
     work_sends = []
     for replica, device in enumerate(devices):
@@ -273,7 +281,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         work_sends.append(work_send)
         replica_model = copy.deepcopy(plan.model) if replica else plan.model
         await nursery.start(compute, ComputeSettings(device, replica, train.precision, train.seed), replica_model,
-                            loss, work_receive, result_send.clone(), None if several else make_updater)
+                            loss, work_receive, result_send.clone(), None if server else make_updater)
     result_send.close()
 
     epochs = train.num_epochs - plan.begin_epoch

@@ -2,13 +2,15 @@
 
 Prints MXNet's log lines (Speedometer, Train-/Validation- metrics, Time cost, Saved checkpoint),
 which MXNet's tools/parse_log.py reads. `--resume` continues from the newest complete checkpoint
-of checkpoint.model_prefix (the same as checkpoint.load_epoch = that epoch).
+of checkpoint.model_prefix (the same as checkpoint.load_epoch = that epoch). Several processes:
+`torchrun --nproc-per-node N -m flow run train.toml --set train.kv_store='"dist_sync"'`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -20,9 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configure_logging() -> None:
-    """MXNet-style lines on stderr, time first, as fit.py's logging.basicConfig does."""
+    """MXNet-style lines on stderr, time first, as fit.py's logging.basicConfig does (with the
+    process's Node[rank] when torchrun started several)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    node = f"Node[{os.environ['RANK']}] " if "RANK" in os.environ else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {node}%(message)s"))
     logger = logging.getLogger("flow")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
@@ -46,5 +50,9 @@ def run(args: argparse.Namespace) -> int:
         if epochs:
             config = load_config(args.config, overrides + [f"checkpoint.load_epoch={epochs[-1]}"])
     configure_logging()
-    trio.run(train, config)
+    try:
+        trio.run(train, config)
+    finally:
+        from flow.distributed import leave
+        leave()
     return 0
