@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if epochs:
             config = load_config(args.config, overrides + [f"checkpoint.load_epoch={epochs[-1]}"])
     configure_logging()
+    logging.getLogger("flow").info("start with arguments %s", config)  # fit.py's first line
     try:
         trio.run(train, config)
     finally:
