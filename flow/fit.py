@@ -7,11 +7,11 @@ and run validation. It holds no tensors of its own beyond the batch in hand.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import trio
 
@@ -30,7 +30,7 @@ class FitSettings:
     num_epochs: int
     devices: tuple[str, ...]
     kv_store: str
-    checkpoint_period: int  # 0: no checkpoints
+    checkpoint_period: int  # save after every this many epochs (when there is a checkpoint actor)
     seed: int
     begin_update: int  # updates already done (resume)
     num_parameters: int
@@ -54,7 +54,7 @@ class FitChannels:
 def slice_bounds(batch_size: int, num_devices: int) -> list[tuple[int, int]]:
     """Near-equal contiguous slices, one per device (the first ones one larger when uneven)."""
     sizes = [batch_size // num_devices + (replica < batch_size % num_devices) for replica in range(num_devices)]
-    edges = np.cumsum([0, *sizes]).tolist()
+    edges = list(itertools.accumulate(sizes, initial=0))
     return list(zip(edges[:-1], edges[1:]))
 
 
