@@ -69,6 +69,8 @@ import sys
 import time
 from pathlib import Path
 
+import arguments  # bench/arguments.py, beside this script
+
 MEAN = (123.68, 116.779, 103.939)
 STD = (58.393, 57.12, 57.375)
 IMAGE_SHAPE = (3, 64, 64)
@@ -447,15 +449,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(PEERS),
                         help=f"comma-separated peers to run, in order (default: {','.join(PEERS)})")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)  # child-process mode
-    args = parser.parse_args(argv)
-    for name in ("threads", "batch_size", "epochs", "records", "rounds"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    args.only = [peer.strip() for peer in args.only.split(",") if peer.strip()]
-    unknown = [peer for peer in args.only if peer not in PEERS]
-    if unknown:
-        parser.error(f"--only: unknown peer {', '.join(unknown)}; choose from {', '.join(PEERS)}")
-    return args
+    return arguments.check(parser, parser.parse_args(argv),
+                           ("threads", "batch_size", "epochs", "records", "rounds"), PEERS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,6 +74,8 @@ import sys
 import time
 from pathlib import Path
 
+import arguments  # bench/arguments.py, beside this script
+
 MEAN = (123.68, 116.779, 103.939)
 STD = (58.393, 57.12, 57.375)
 IMAGE_SHAPE = (3, 64, 64)
@@ -496,16 +498,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated peers to run, in order (default: {','.join(PEERS)})")
     parser.add_argument("--records", type=int, help=argparse.SUPPRESS)  # counted from train.idx in the parent
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)  # child-process mode
-    args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "decode_threads", "noop_batches", "torch_threads", "rounds"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    args.only = [peer.strip() for peer in args.only.split(",") if peer.strip()]
-    unknown = [peer for peer in args.only if peer not in PEERS]
-    if unknown:
-        parser.error(f"--only: unknown peer {', '.join(unknown)}; choose from {', '.join(PEERS)}")
-    return args
+    return arguments.check(parser, parser.parse_args(argv),
+                           ("epochs", "batch_size", "decode_threads", "noop_batches", "torch_threads", "rounds"), PEERS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -80,6 +80,13 @@ class DataConfig:
     min_random_scale: float = knob(1.0, "a positive float", _positive)
     max_random_scale: float = knob(1.0, "a positive float", _positive)
 
+    @staticmethod
+    def implied(values: dict) -> dict:
+        """The augmentation knobs an `aug_level` turns on (data.py's set_data_aug_level)."""
+        level = values.get("aug_level", 0)
+        steps = range(1, level + 1) if isinstance(level, int) else ()
+        return {key: value for step in steps for key, value in AUG_LEVELS.get(step, {}).items()}
+
 
 # data.py's set_data_aug_level: what each level turns on.
 AUG_LEVELS = {
@@ -196,11 +203,8 @@ def _section(section_name: str, cls: type, values: dict, source, base_dir: Path 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     types = typing.get_type_hints(cls)
     values = dict(values)
-    if cls is DataConfig:
-        level = values.get("aug_level", 0)
-        for step in range(1, level + 1 if isinstance(level, int) else 0):
-            for key, value in AUG_LEVELS.get(step, {}).items():
-                values.setdefault(key, value)
+    if hasattr(cls, "implied"):
+        values = {**cls.implied(values), **values}  # what a key implies, unless set explicitly
     checked = {}
     for key, value in values.items():
         name = f"{section_name}.{key}"
