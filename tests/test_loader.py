@@ -10,6 +10,7 @@ import pytest
 import torch
 import trio
 
+from actors import loader as loader_module
 from actors.loader import Batch, EpochEnd, LoaderSettings, loader
 from flow.augment import AugmentSettings
 from flow.config import config_from_dict
@@ -266,22 +267,57 @@ async def test_augmented_batches_have_the_output_shape_and_range_and_repeat_by_s
     assert not np.array_equal(first[0].data.numpy(), plain[0].data.numpy())
 
 
+async def test_a_held_batch_is_never_refilled_and_dropped_ones_are_reused(tmp_path):
+    settings = numbered(write_numbered(tmp_path / "n.rec", 160), batch_size=8, prefetch=2)
+    send_channel, receive_channel = trio.open_memory_channel(0)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loader, settings, send_channel, 0, 2)
+        held = await receive_channel.receive()
+        view = held.data[2:4]  # a view keeps the memory the consumer's too
+        held_numbers, held_label, held_address = numbers_of(held), held.label.clone(), held.data.data_ptr()
+        del held
+        addresses = []
+        async for message in receive_channel:
+            if isinstance(message, Batch):
+                assert numbers_of(message) == message.label.int().tolist()  # each batch its own records
+                addresses.append(message.data.data_ptr())
+            del message  # dropped: the loader may fill this memory again
+    assert held_address not in addresses
+    assert view.numpy()[:, 0, 0, 0].tolist() == held_numbers[2:4] and held_label[2:4].tolist() == held_numbers[2:4]
+    assert len(addresses) == 39 and len(set(addresses)) <= settings.prefetch + 4  # a few arrays, reused
+
+
 # --------------------------------------------------------------------------- flow control
 
 
 def run_threads_inline(monkeypatch, slice_seconds=0.0):
-    """Runs each thread call in the Trio thread after `slice_seconds` of (mock) time for a batch slice,
-    holding the limiter as a thread would; returns the list of slices run."""
+    """Replaces the loader's worker threads with Trio tasks that take `slice_seconds` of (mock) time
+    for a batch slice, `nthreads` at a time, then fill it in the Trio thread; returns the list of
+    slices run."""
     slices = []
 
-    async def run_sync(function, *args, limiter=None):
-        async with limiter or trio.CapacityLimiter(1):
-            if getattr(function, "__name__", "") == "fill_slice":
-                await trio.sleep(slice_seconds)
-                slices.append(args[2:4])
-            return function(*args)
+    class InlineWorkers:
+        def __init__(self, builder, nthreads):
+            self.builder, self.limiter = builder, trio.CapacityLimiter(nthreads)
 
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_sync)
+        def start(self, nursery):
+            self.nursery = nursery
+
+        def submit(self, job):
+            for start in self.builder.slice_starts:
+                self.nursery.start_soon(self.fill, job, start)
+
+        async def fill(self, job, start):
+            async with self.limiter:
+                await trio.sleep(slice_seconds)
+                slices.append(start)
+                if self.builder.fill(job, start, self.builder.staging()):
+                    job.done.set()
+
+        def stop(self):
+            self.nursery.cancel_scope.cancel()
+
+    monkeypatch.setattr(loader_module, "_Workers", InlineWorkers)
     return slices
 
 
