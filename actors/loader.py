@@ -431,19 +431,18 @@ class _Builder:
         self.chunk = max(1, _CHUNK_BYTES // (height * width * 3))
         self.lock = threading.Lock()  # slices of one batch finish in different threads
         if self.float_output:
-            self.arrays = _BatchArrays((settings.batch_size, 3, height, width), np.float32, settings.prefetch + 4)
+            batch_shape, dtype = (settings.batch_size, 3, height, width), np.float32
         else:
-            self.arrays = _BatchArrays((settings.batch_size, height, width, 3), np.uint8, settings.prefetch + 4)
+            batch_shape, dtype = (settings.batch_size, height, width, 3), np.uint8
+        self.arrays = _BatchArrays(batch_shape, dtype, keep=settings.prefetch + 4)
 
     def prepare(self, job: _Job) -> _Job:
         """Allocates the batch and draws its augmentation, in the Trio thread (the draws in batch order)."""
         settings = self.settings
-        size = settings.batch_size
-        _, height, width = settings.data_shape
         job.out = self.arrays.take()
         if settings.augment.random:  # drawing costs the Trio thread ~70 us a batch: only when needed
             rng = np.random.default_rng(derive_seed(settings.seed, "augment", job.epoch, job.index))
-            job.params = augment.draw(settings.augment, rng, size)
+            job.params = augment.draw(settings.augment, rng, settings.batch_size)
         job.slices_left = len(self.slice_starts)
         return job
 
