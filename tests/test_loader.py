@@ -18,6 +18,7 @@ from flow.errors import ConfigError, ImageError, RecordIOError
 from flow.image import decode
 from flow.recordio import MAGIC, IndexedRecordReader, IRHeader, RecordWriter, pack, pack_img, unpack
 from tests.fixtures import MXNET_FIXTURES
+from tests.test_run import threads_running_flow_code
 
 MEAN = (123.68, 116.779, 103.939)
 STD = (58.393, 57.12, 57.375)
@@ -285,6 +286,20 @@ async def test_a_held_batch_is_never_refilled_and_dropped_ones_are_reused(tmp_pa
     assert held_address not in addresses
     assert view.numpy()[:, 0, 0, 0].tolist() == held_numbers[2:4] and held_label[2:4].tolist() == held_numbers[2:4]
     assert len(addresses) == 39 and len(set(addresses)) <= settings.prefetch + 4  # a few arrays, reused
+
+
+async def test_cancelled_mid_epoch_its_worker_threads_end_with_it(tmp_path):
+    settings = numbered(write_numbered(tmp_path / "n.rec", 400), batch_size=8, nthreads=3)
+    send_channel, receive_channel = trio.open_memory_channel(0)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader, settings, send_channel, 0, 5)
+            for _ in range(3):
+                await receive_channel.receive()
+            assert len(threads_running_flow_code()) == 3  # the workers, filling or waiting for a slice
+            scope.cancel()
+    assert scope.cancelled_caught
+    assert not threads_running_flow_code()
 
 
 # --------------------------------------------------------------------------- flow control
