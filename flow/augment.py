@@ -17,8 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from flow import _pixels
 from flow.errors import ImageError
+
+try:
+    from flow import _pixels
+except ImportError as error:  # a source tree that pip never built
+    raise ImportError("flow's C extension flow._pixels is not built: run `pip install -e .` in the "
+                      "repository (it needs a C compiler)") from error
 
 
 @dataclass(frozen=True)
