@@ -7,12 +7,14 @@ the new master weights, which the fit loop passes to every replica with its next
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import trio
 
+from flow.errors import DistributedError
 from flow.optim import Updater
 
 
@@ -79,7 +81,11 @@ class _Server:
     def _sum_over_processes(self, gradients: list[torch.Tensor], samples: int) -> int:
         """Sums the gradients (in place) and the sample counts of every process: one all_reduce a step."""
         flat = torch.cat([g.reshape(-1) for g in gradients] + [torch.tensor([float(samples)], device=self.device)])
-        torch.distributed.all_reduce(flat)
+        try:
+            torch.distributed.all_reduce(flat)
+        except RuntimeError as error:  # gloo / NCCL: a peer crashed, exited or timed out
+            raise DistributedError(f"update {self.updater.num_update + 1}: the gradient all_reduce failed, so "
+                                   f"another process of the job stopped or hangs ({_reason(error)})") from None
         offset = 0
         for gradient in gradients:
             gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
@@ -106,3 +112,10 @@ async def param_server(settings: ServerSettings, initial_weights: list[torch.Ten
             else:
                 reply = await trio.to_thread.run_sync(server.state, limiter=one_thread)
             await reply_channel.send(reply)
+
+
+def _reason(error: RuntimeError) -> str:
+    """A backend error's first sentence, without its source location: gloo's
+    "[.../pair.cc:553] Connection closed by peer [127.0.0.1]:18605. This is typically ..." """
+    first_line = (str(error).strip() or type(error).__name__).splitlines()[0]
+    return re.sub(r"^\[[^\]]*\]\s*", "", first_line).split(". ")[0]

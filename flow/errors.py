@@ -43,6 +43,10 @@ class ConfigError(FlowError):
     """A config key that is unknown, of the wrong type or out of range."""
 
 
+class DistributedError(FlowError):
+    """Another process of a distributed job stopped (or hangs), so this one cannot go on."""
+
+
 def first_cause(error: BaseException) -> BaseException:
     """The exception that started a failure, out of the (nested) groups Trio's nurseries raise.
 

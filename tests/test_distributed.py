@@ -23,12 +23,21 @@ RANK_SCRIPT = textwrap.dedent("""
     from tests.test_run import small_config, synthetic_data
     from pathlib import Path
 
+    async def aiter_enumerate(iterable):
+        index = 0
+        async for item in iterable:
+            yield index, item
+            index += 1
+
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    failing_rank, fail_at = map(int, os.environ.get("FAIL", "-1,0").split(","))
     whole = synthetic_data()
 
     def my_part(epoch):  # this process's slice of each global batch of 16
         async def batches():
-            async for data, label in whole(epoch):
+            async for index, (data, label) in aiter_enumerate(whole(epoch)):
+                if rank == failing_rank and index == fail_at:
+                    raise OSError(f"rank {rank}'s data is unreadable")
                 size = len(label) // world
                 yield data[rank * size:(rank + 1) * size], label[rank * size:(rank + 1) * size]
         return batches()
@@ -64,6 +73,20 @@ async def test_two_processes_with_dist_sync_match_one_process_on_the_whole_batch
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [
         "model-0001.params", "model-0001.states", "model-0002.params", "model-0002.states",
         "model-events.msgpack", "model-model.json"]
+
+
+async def test_when_one_process_fails_the_other_stops_with_a_one_line_reason(tmp_path):
+    environment = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                   "PYTHONPATH": str(REPO_ROOT), "FAIL": "1,3"}
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, str(tmp_path)], cwd=REPO_ROOT,
+                              env={**environment, "RANK": str(rank)}, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    errors = [rank.communicate(timeout=120)[1] for rank in ranks]
+    assert [rank.returncode for rank in ranks] != [0, 0]
+    assert "OSError: rank 1's data is unreadable" in errors[1]
+    last_line = errors[0].strip().splitlines()[-1]  # torch prefixes "[rank0]: " to a failed rank's lines
+    assert "flow.errors.DistributedError: update " in last_line
+    assert "the gradient all_reduce failed, so another process of the job stopped or hangs (" in last_line
 
 
 async def test_dist_sync_without_a_launcher_says_how_to_start_it(tmp_path, monkeypatch):
