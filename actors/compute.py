@@ -10,8 +10,9 @@ keeps the two from racing.
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import trio
@@ -65,6 +66,7 @@ class _Replica:
         self.parameters = list(self.model.parameters())
         self.loss_fn = loss_fn
         self.updater = None if make_updater is None else make_updater(self.parameters)
+        self.random = _ReplicaRandom(self.device)
         self.seeded_epoch = None
 
     def autocast(self):
@@ -78,9 +80,8 @@ class _Replica:
             torch._foreach_copy_(self.parameters, [w.to(self.device, non_blocking=True) for w in weights])
 
     def train_step(self, work: Work) -> SliceResult:
-        if self.seeded_epoch != work.epoch:
-            # Dropout and friends draw from torch's RNG: seeding it per epoch makes a resumed run replay.
-            torch.manual_seed(derive_seed(self.settings.seed, "compute", work.epoch, self.settings.replica))
+        if self.seeded_epoch != work.epoch:  # seeded per epoch, so that a resumed run replays the draws
+            self.random.seed(derive_seed(self.settings.seed, "compute", work.epoch, self.settings.replica))
             self.seeded_epoch = work.epoch
         self.load(work.weights)
         if not self.model.training:
@@ -89,13 +90,14 @@ class _Replica:
         label = work.label.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
-        with self.autocast():
-            logits = self.model(data)
-        loss = self.loss_fn(logits.float(), label)
-        if work.weight is not None:
-            loss = loss * work.weight.to(self.device, non_blocking=True)
-        loss = loss.sum()
-        loss.backward()
+        with self.random.active():
+            with self.autocast():
+                logits = self.model(data)
+            loss = self.loss_fn(logits.float(), label)
+            if work.weight is not None:
+                loss = loss * work.weight.to(self.device, non_blocking=True)
+            loss = loss.sum()
+            loss.backward()
         outputs = torch.softmax(logits.detach().float(), dim=1).cpu()
         if self.updater is not None:
             self.updater.step(work.scale)
@@ -123,6 +125,43 @@ class _Replica:
     def run(self, works: list[Work]) -> list[SliceResult]:
         steps = {"train": self.train_step, "eval": self.eval_step, "snapshot": self.snapshot}
         return [steps[work.kind](work) for work in works]
+
+
+# torch has one CPU generator a process: the CPU replicas of every run take turns with it.
+_CPU_GENERATOR_TURN = threading.Lock()
+
+
+class _ReplicaRandom:
+    """The random numbers a replica's training steps draw (dropout and friends), apart from the process's.
+
+    torch's ops draw from its default generators (the CPU's, and one per GPU). Around each step
+    this swaps the replica's own state in and the process's back, so that a run leaves the
+    caller's torch RNG as it found it and a resumed run replays the same draws. A GPU replica
+    owns its device's generator; CPU replicas share the CPU's, so they take turns.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self.generator, self.turn = torch.cuda.default_generators[index], contextlib.nullcontext()
+        else:
+            self.generator, self.turn = torch.default_generator, _CPU_GENERATOR_TURN
+        self.state: torch.Tensor | None = None
+
+    def seed(self, seed: int) -> None:
+        self.state = torch.Generator(device=self.device).manual_seed(seed).get_state()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with self.turn:
+            saved = self.generator.get_state()
+            self.generator.set_state(self.state)
+            try:
+                yield
+            finally:
+                self.state = self.generator.get_state()
+                self.generator.set_state(saved)
 
 
 async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Callable,

@@ -205,6 +205,11 @@ def _model(config: Config, model: torch.nn.Module | None) -> tuple[torch.nn.Modu
     """The model to train and its spec: the caller's, a fine-tuned checkpoint, or the configured network."""
     if model is not None:
         return model, None
+    with torch.random.fork_rng(devices=[]):  # building draws default weights from torch's RNG: leave it as it was
+        return _built_model(config)
+
+
+def _built_model(config: Config) -> tuple[torch.nn.Module, dict | None]:
     data, network = config.data, config.model
     generator = torch.Generator().manual_seed(derive_seed(config.train.seed, "init"))
     initializer = network.initializer if network.initializer != "auto" else models.default_initializer(network.network)

@@ -72,6 +72,37 @@ async def test_replicas_with_device_kvstore_and_uneven_slices_match(tmp_path):
         torch.testing.assert_close(final_params(tmp_path / "three", 2)[name], tensor, atol=1e-5, rtol=0)
 
 
+def dropout_net(p=0.5):
+    """A small net with dropout, the same weights every time (built without touching torch's RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 32), torch.nn.ReLU(), torch.nn.Dropout(p),
+                                   torch.nn.Linear(32, 4))
+
+
+async def test_dropout_draws_repeat_and_resume_bit_for_bit_with_two_replicas(tmp_path):
+    steps = {"num_epochs": 3, "devices": ["cpu", "cpu"]}
+    for name in ("whole", "again"):
+        await train(small_config(tmp_path / name, train=steps), model=dropout_net(), train_data=synthetic_data())
+    await train(small_config(tmp_path / "split", train={**steps, "num_epochs": 1}), model=dropout_net(),
+                train_data=synthetic_data())
+    await train(small_config(tmp_path / "split", train=steps, checkpoint={"load_epoch": 1}), model=dropout_net(),
+                train_data=synthetic_data())
+    await train(small_config(tmp_path / "no-dropout", train=steps), model=dropout_net(p=0.0), train_data=synthetic_data())
+    whole = final_params(tmp_path / "whole", 3)
+    for other in ("again", "split"):
+        assert all(torch.equal(whole[name], tensor) for name, tensor in final_params(tmp_path / other, 3).items())
+    assert not torch.equal(whole["1.weight"], final_params(tmp_path / "no-dropout", 3)["1.weight"])
+
+
+async def test_a_run_leaves_torchs_global_rng_as_it_found_it(tmp_path):
+    before = torch.get_rng_state()
+    await train(small_config(tmp_path / "built"), train_data=synthetic_data())  # builds the configured mlp
+    await train(small_config(tmp_path / "dropout", train={"devices": ["cpu", "cpu"]}), model=dropout_net(),
+                train_data=synthetic_data())
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 @pytest.mark.parametrize("devices", [["cpu"], ["cpu", "cpu"]])
 async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices):
     steps = {"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4, "devices": devices}
