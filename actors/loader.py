@@ -4,9 +4,10 @@ Per epoch the shard's records are put in that epoch's order (a permutation seede
 and the epoch only, so a resumed run replays it) and cut into batches as `last_batch` says.
 Each batch is one preallocated tensor; its slices go to `nthreads` worker threads that live as
 long as the loader, each of which decodes its records with a decoder that releases the GIL,
-straight into a uint8 NHWC buffer (the batch tensor itself for uint8 output), then jitters and
-mirrors the slice with numpy and normalizes it with a C loop (flow/_pixels.c). Where the record offsets, image bytes and labels are is read once, from
-the headers, with vectorized numpy when the file is opened.
+straight into a uint8 NHWC buffer (the batch tensor itself for uint8 output), then jitters the
+slice's colours with numpy and mirrors and normalizes it with C loops (flow/_pixels.c). Where
+the record offsets, image bytes and labels are is read once, from the headers, with vectorized
+numpy when the file is opened.
 
 Batches leave in order on the channel. At most `prefetch` batches are being built or waiting
 to be sent, so memory stays flat however slow the consumer; give the loader an unbuffered
@@ -489,9 +490,10 @@ class _Builder:
             images = staging[:end - begin] if self.float_output else out[begin:end]
             chunk_params = params[begin:end] if params is not None else None
             bad += self.decode_into(images, positions[begin:end], chunk_params, begin)
-            augment.finish(images, chunk_params, options)
             if self.float_output:
-                augment.normalize(images, out[begin:end], self.mean, self.inv_std)
+                augment.finish(images, chunk_params, options, out[begin:end], self.mean, self.inv_std)
+            else:
+                augment.finish(images, chunk_params, options)
         return bad
 
     def decode_into(self, images: np.ndarray, positions: np.ndarray, params: AugmentParams | None,

@@ -196,20 +196,23 @@ def crop_into(image: np.ndarray, where_y: float, where_x: float, random: bool, o
 # --------------------------------------------------------------------------- per slice: colour, mirror, normalize
 
 
-def finish(images: np.ndarray, params: AugmentParams | None, settings: AugmentSettings) -> None:
-    """HSL jitter and mirror, in place, on a slice of output-sized images (n, H, W, 3) uint8
-    (`params` None when the settings draw nothing)."""
+def finish(images: np.ndarray, params: AugmentParams | None, settings: AugmentSettings,
+           out: np.ndarray | None = None, mean: np.ndarray | None = None, inv_std: np.ndarray | None = None) -> None:
+    """HSL jitter and mirror on a slice of output-sized images (n, H, W, 3) uint8, in place; with
+    `out`, the normalization to float32 NCHW `out` too, the mirror done on the way (`params`
+    None when the settings draw nothing)."""
     if settings.colour:
         jitter_hls(images, params.hls)
-    if settings.rand_mirror:
-        mirror(images, params.mirror)
+    flags = params.mirror if settings.rand_mirror else None
+    if out is not None:
+        normalize(images, out, mean, inv_std, flags)
+    elif flags is not None:
+        mirror(images, flags)
 
 
 def mirror(images: np.ndarray, flags: np.ndarray) -> None:
-    """Flips the flagged images of a slice left to right, in place."""
-    chosen = np.flatnonzero(flags)
-    if len(chosen):
-        images[chosen] = images[chosen, :, ::-1]
+    """Flips the flagged images of a slice left to right, in place (a C loop without the GIL)."""
+    _pixels.mirror(images, np.ascontiguousarray(flags, dtype=np.bool_))
 
 
 def jitter_hls(images: np.ndarray, deltas: np.ndarray) -> None:
@@ -255,10 +258,13 @@ def hls_to_rgb(hue: np.ndarray, lightness: np.ndarray, saturation: np.ndarray) -
     return np.stack([channel(hue + 120), channel(hue), channel(hue - 120)], axis=-1)
 
 
-def normalize(images: np.ndarray, out: np.ndarray, mean: np.ndarray, inv_std: np.ndarray) -> None:
-    """(images - mean) * inv_std, NHWC uint8 -> NCHW float32 `out`, for a whole slice at once.
+def normalize(images: np.ndarray, out: np.ndarray, mean: np.ndarray, inv_std: np.ndarray,
+              mirror_flags: np.ndarray | None = None) -> None:
+    """(images - mean) * inv_std, NHWC uint8 -> NCHW float32 `out`, for a whole slice at once,
+    flipping the images flagged in `mirror_flags` left to right.
 
     A C loop (flow/_pixels.c) that reads each pixel once, without the GIL: numpy's transposing
     cast and plane passes took three times as long, a third of the loader's time.
     """
-    _pixels.normalize(images, out, tuple(mean.tolist()), tuple(inv_std.tolist()))
+    flags = None if mirror_flags is None else np.ascontiguousarray(mirror_flags, dtype=np.bool_)
+    _pixels.normalize(images, out, tuple(mean.tolist()), tuple(inv_std.tolist()), flags)

@@ -107,6 +107,18 @@ def test_mirror_flips_only_the_flagged_images():
     assert np.array_equal(flipped[1], images[1]) and np.array_equal(flipped[3], images[3])
 
 
+def test_finish_into_float_equals_finishing_then_normalizing():
+    images = random_images(6, 8, 9)
+    params = augment.draw(LEVEL_3, np.random.default_rng(4), 6)
+    mean, inv_std = np.array([123.68, 116.779, 103.939], np.float32), 1 / np.array([58.4, 57.1, 57.4], np.float32)
+    fused, separate = np.empty((6, 3, 8, 9), np.float32), np.empty((6, 3, 8, 9), np.float32)
+    augment.finish(images.copy(), params, LEVEL_3, fused, mean, inv_std)
+    finished = images.copy()
+    augment.finish(finished, params, LEVEL_3)
+    augment.normalize(finished, separate, mean, inv_std)
+    assert params.mirror.any() and np.array_equal(fused, separate)
+
+
 def test_normalize_to_nchw_float():
     images = random_images(5, 6, 7)
     mean = np.array([123.68, 116.779, 103.939], np.float32)

@@ -23,6 +23,35 @@ def test_normalize_equals_numpy_bit_for_bit(shape):
     assert np.array_equal(out, numpy_normalize(images))
 
 
+@pytest.mark.parametrize("shape", [(6, 5, 7), (4, 64, 64), (3, 1, 1), (2, 3, 2)])
+def test_normalize_mirrors_the_flagged_images_on_the_way(shape):
+    count, height, width = shape
+    images = np.random.default_rng(count).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+    flags = np.arange(count) % 2 == 0
+    out = np.empty((count, 3, height, width), np.float32)
+    _pixels.normalize(images, out, MEAN, INV_STD, flags)
+    expected = images.copy()
+    expected[flags] = images[flags, :, ::-1]
+    assert np.array_equal(out, numpy_normalize(expected))
+
+
+@pytest.mark.parametrize("width", [1, 2, 5, 64])
+def test_mirror_flips_the_flagged_images_in_place(width):
+    images = np.random.default_rng(width).integers(0, 256, (4, 3, width, 3), dtype=np.uint8)
+    flipped = images.copy()
+    _pixels.mirror(flipped, np.array([True, False, False, True]))
+    assert np.array_equal(flipped[[0, 3]], images[[0, 3], :, ::-1])
+    assert np.array_equal(flipped[[1, 2]], images[[1, 2]])
+
+
+def test_flags_must_be_one_byte_each_and_one_an_image():
+    images = np.zeros((3, 2, 2, 3), np.uint8)
+    with pytest.raises(ValueError, match="expected 3 one-byte flags"):
+        _pixels.mirror(images, np.ones(2, np.bool_))
+    with pytest.raises(ValueError, match="expected 3 one-byte flags"):
+        _pixels.normalize(images, np.zeros((3, 3, 2, 2), np.float32), MEAN, INV_STD, np.ones(3, np.int32))
+
+
 def test_normalize_writes_only_its_slice_of_a_batch():
     images = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
     batch = np.zeros((10, 3, 8, 8), np.float32)
