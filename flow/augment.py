@@ -6,8 +6,8 @@ batch slice: HSL jitter, mirror, and the mean/std normalization to float32 NCHW.
 
 Randomness is drawn up front for a whole batch (`draw`) from a numpy Generator, so the result
 depends only on the generator's seed, never on how a batch is split between threads. The
-geometric steps work per image (their input sizes differ); colour and mirror work on a whole
-slice with numpy ufuncs, and normalization with a C loop (flow/_pixels.c), all without the GIL.
+geometric steps work per image (their input sizes differ); colour works on a whole slice with
+numpy ufuncs, mirror and normalization with C loops (flow/_pixels.c), all without the GIL.
 """
 
 from __future__ import annotations
