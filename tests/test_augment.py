@@ -1,7 +1,5 @@
 """flow.augment: ImageRecordIter's augmentations, on single images and on batch slices."""
 
-import colorsys
-
 import numpy as np
 import pytest
 
@@ -71,16 +69,6 @@ def test_warp_identity_scale_and_rotation():
     assert sheared.shape == image.shape and not np.array_equal(sheared, image)
     with pytest.raises(ImageError, match="random scale"):
         augment.warp(image, 0.0, 0, 0.01, 1.0, 127)
-
-
-def test_hls_conversion_matches_colorsys():
-    rgb = np.random.default_rng(1).random((200, 3)).astype(np.float32)
-    hue, lightness, saturation = augment.rgb_to_hls(rgb)
-    expected = np.array([colorsys.rgb_to_hls(*pixel) for pixel in rgb.astype(float)])
-    assert np.allclose(hue / 360, expected[:, 0], atol=1e-4)
-    assert np.allclose(lightness, expected[:, 1], atol=1e-5)
-    assert np.allclose(saturation, expected[:, 2], atol=1e-4)
-    assert np.allclose(augment.hls_to_rgb(hue, lightness, saturation), rgb, atol=1e-5)
 
 
 def test_hls_jitter():

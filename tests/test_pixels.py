@@ -1,4 +1,6 @@
-"""flow._pixels: the C normalize loop against numpy's float32 arithmetic, and its argument checks."""
+"""flow._pixels: the C loops against numpy versions of the same float32 arithmetic, and their argument checks."""
+
+import colorsys
 
 import numpy as np
 import pytest
@@ -78,3 +80,78 @@ def test_normalize_refuses_a_read_only_output():
     out.flags.writeable = False
     with pytest.raises((ValueError, BufferError)):
         _pixels.normalize(np.zeros((1, 2, 2, 3), np.uint8), out, MEAN, INV_STD)
+
+
+# --------------------------------------------------------------------------- jitter_hls
+
+
+def rgb_to_hls(rgb):
+    """Hue in degrees [0, 360), lightness and saturation in [0, 1], of float32 RGB in [0, 1] (OpenCV's formulas)."""
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    high, low = rgb.max(axis=-1), rgb.min(axis=-1)
+    spread = high - low
+    total = high + low
+    lightness = total / 2
+    grey = spread == 0
+    safe_spread = np.where(grey, 1, spread)
+    saturation = np.where(lightness < 0.5, spread / np.where(grey, 1, total), spread / np.where(grey, 1, 2 - total))
+    hue = np.where(high == red, 60 * (green - blue) / safe_spread,
+                   np.where(high == green, 120 + 60 * (blue - red) / safe_spread,
+                            240 + 60 * (red - green) / safe_spread))
+    hue = np.where(hue < 0, hue + 360, hue)
+    return np.where(grey, 0, hue), lightness, np.where(grey, 0, saturation)
+
+
+def hls_to_rgb(hue, lightness, saturation):
+    """RGB in [0, 1] (last axis) of hue in degrees and lightness, saturation in [0, 1]."""
+    high = np.where(lightness < 0.5, lightness * (1 + saturation), lightness + saturation - lightness * saturation)
+    low = 2 * lightness - high
+
+    def channel(angle):
+        angle = angle % 360
+        return np.where(angle < 60, low + (high - low) * angle / 60,
+                        np.where(angle < 180, high,
+                                 np.where(angle < 240, low + (high - low) * (240 - angle) / 60, low)))
+
+    return np.stack([channel(hue + 120), channel(hue), channel(hue - 120)], axis=-1)
+
+
+def numpy_jitter_hls(images, deltas):
+    """The reference: the colour augmentation in numpy, whole arrays at a time."""
+    hue, lightness, saturation = rgb_to_hls(images.astype(np.float32) / 255)
+    deltas = deltas.astype(np.float32)[:, None, None, :]
+    hue = np.clip(hue / 2 + deltas[..., 0], 0, 180) * 2
+    lightness = np.clip(lightness * 255 + deltas[..., 1], 0, 255) / 255
+    saturation = np.clip(saturation * 255 + deltas[..., 2], 0, 255) / 255
+    return np.clip(np.rint(hls_to_rgb(hue, lightness, saturation) * 255), 0, 255).astype(np.uint8)
+
+
+def test_the_reference_hls_conversion_matches_colorsys():
+    rgb = np.random.default_rng(1).random((200, 3)).astype(np.float32)
+    hue, lightness, saturation = rgb_to_hls(rgb)
+    expected = np.array([colorsys.rgb_to_hls(*pixel) for pixel in rgb.astype(float)])
+    assert np.allclose(hue / 360, expected[:, 0], atol=1e-4)
+    assert np.allclose(lightness, expected[:, 1], atol=1e-5)
+    assert np.allclose(saturation, expected[:, 2], atol=1e-4)
+    assert np.allclose(hls_to_rgb(hue, lightness, saturation), rgb, atol=1e-5)
+
+
+@pytest.mark.parametrize("limits", [(36, 50, 50), (180, 255, 255)])
+def test_jitter_hls_equals_the_numpy_reference_bit_for_bit(limits):
+    rng = np.random.default_rng(sum(limits))
+    images = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    images[:, :4] = images[:, :4, :, :1]  # grey pixels: no hue, no saturation
+    images[:, 4, :4] = [[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 255]]
+    deltas = rng.integers(-np.array(limits), np.array(limits) + 1, (12, 3))
+    deltas[:2] = [limits, [-limit for limit in limits]]  # the clipping ends
+    jittered = images.copy()
+    _pixels.jitter_hls(jittered, deltas.astype(np.float32))
+    assert np.array_equal(jittered, numpy_jitter_hls(images, deltas))
+    assert not np.array_equal(jittered, images)
+
+
+def test_jitter_hls_refuses_deltas_that_do_not_fit():
+    with pytest.raises(ValueError, match=r"deltas: expected float32 \(2, 3\)"):
+        _pixels.jitter_hls(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((2, 3), np.float64))
+    with pytest.raises(ValueError, match="deltas"):
+        _pixels.jitter_hls(np.zeros((2, 4, 4, 3), np.uint8), np.zeros((3, 3), np.float32))
