@@ -73,29 +73,21 @@ static void mirror_images(uint8_t *images, Py_ssize_t count, Py_ssize_t height, 
     }
 }
 
-/* numpy's float32 `angle % 360` for the angles met here, hue +- 120 with hue in [0, 360]: for
- * 360 <= angle <= 480 the subtraction is exact (Sterbenz), as fmod is; below 0 numpy adds 360. */
-static inline float wrap_degrees(float angle) {
-    if (angle >= 360.0f)
-        return angle - 360.0f;
-    if (angle < 0.0f)
-        return angle + 360.0f;
-    return angle;
-}
-
-static inline float hls_channel(float angle, float high, float low) {
-    angle = wrap_degrees(angle);
-    if (angle < 60.0f)
-        return low + (high - low) * angle / 60.0f;
-    if (angle < 180.0f)
-        return high;
-    if (angle < 240.0f)
-        return low + (high - low) * (240.0f - angle) / 60.0f;
-    return low;
-}
+/* Branch-free (selects, not jumps), so that the compiler vectorizes the pixel loop; each select
+ * keeps exactly the value numpy's np.where keeps, so the result is the same to the bit. */
 
 static inline float clampf(float value, float low, float high) {
     return value < low ? low : (value > high ? high : value);
+}
+
+/* OpenCV's HLS -> RGB for one channel, `angle` degrees round the hue circle from it. numpy's
+ * float32 `angle % 360` for the angles met here (hue +- 120, hue in [0, 360]): above 360 the
+ * subtraction is exact (Sterbenz), as fmod is; below 0 numpy adds 360. */
+static inline float hls_channel(float angle, float high, float low) {
+    angle = angle >= 360.0f ? angle - 360.0f : (angle < 0.0f ? angle + 360.0f : angle);
+    const float rising = low + (high - low) * angle / 60.0f;
+    const float falling = low + (high - low) * (240.0f - angle) / 60.0f;
+    return angle < 60.0f ? rising : (angle < 180.0f ? high : (angle < 240.0f ? falling : low));
 }
 
 static inline uint8_t to_level(float value) { return (uint8_t)clampf(rintf(value * 255.0f), 0.0f, 255.0f); }
@@ -106,32 +98,33 @@ FLOW_CLONES
 static void jitter_images(uint8_t *images, Py_ssize_t count, Py_ssize_t pixels, const float *deltas) {
     for (Py_ssize_t image = 0; image < count; image++) {
         const float delta_h = deltas[3 * image], delta_l = deltas[3 * image + 1], delta_s = deltas[3 * image + 2];
-        uint8_t *rgb = images + image * pixels * 3;
-        for (Py_ssize_t i = 0; i < pixels; i++, rgb += 3) {
-            const float red = (float)rgb[0] / 255.0f, green = (float)rgb[1] / 255.0f, blue = (float)rgb[2] / 255.0f;
-            const float high = fmaxf(fmaxf(red, green), blue), low = fminf(fminf(red, green), blue);
+        uint8_t *restrict rgb = images + image * pixels * 3;
+        for (Py_ssize_t i = 0; i < pixels; i++) {
+            const float red = (float)rgb[3 * i] / 255.0f, green = (float)rgb[3 * i + 1] / 255.0f,
+                        blue = (float)rgb[3 * i + 2] / 255.0f;
+            const float high_rg = red > green ? red : green, low_rg = red < green ? red : green;
+            const float high = high_rg > blue ? high_rg : blue, low = low_rg < blue ? low_rg : blue;
             const float spread = high - low, total = high + low;
-            float lightness = total / 2.0f, hue = 0.0f, saturation = 0.0f;
-            if (spread != 0.0f) {
-                saturation = lightness < 0.5f ? spread / total : spread / (2.0f - total);
-                if (high == red)
-                    hue = 60.0f * (green - blue) / spread;
-                else if (high == green)
-                    hue = 120.0f + 60.0f * (blue - red) / spread;
-                else
-                    hue = 240.0f + 60.0f * (red - green) / spread;
-                if (hue < 0.0f)
-                    hue = hue + 360.0f;
-            }
+            const int grey = spread == 0.0f;
+            const float safe_spread = grey ? 1.0f : spread;
+            float lightness = total / 2.0f;
+            float saturation = spread / (grey ? 1.0f : (lightness < 0.5f ? total : 2.0f - total));
+            saturation = grey ? 0.0f : saturation;
+            const float hue_red = 60.0f * (green - blue) / safe_spread;
+            const float hue_green = 120.0f + 60.0f * (blue - red) / safe_spread;
+            const float hue_blue = 240.0f + 60.0f * (red - green) / safe_spread;
+            float hue = high == red ? hue_red : (high == green ? hue_green : hue_blue);
+            hue = hue < 0.0f ? hue + 360.0f : hue;
+            hue = grey ? 0.0f : hue;
             hue = clampf(hue / 2.0f + delta_h, 0.0f, 180.0f) * 2.0f;
             lightness = clampf(lightness * 255.0f + delta_l, 0.0f, 255.0f) / 255.0f;
             saturation = clampf(saturation * 255.0f + delta_s, 0.0f, 255.0f) / 255.0f;
             const float top = lightness < 0.5f ? lightness * (1.0f + saturation)
                                                : lightness + saturation - lightness * saturation;
             const float bottom = 2.0f * lightness - top;
-            rgb[0] = to_level(hls_channel(hue + 120.0f, top, bottom));
-            rgb[1] = to_level(hls_channel(hue, top, bottom));
-            rgb[2] = to_level(hls_channel(hue - 120.0f, top, bottom));
+            rgb[3 * i] = to_level(hls_channel(hue + 120.0f, top, bottom));
+            rgb[3 * i + 1] = to_level(hls_channel(hue, top, bottom));
+            rgb[3 * i + 2] = to_level(hls_channel(hue - 120.0f, top, bottom));
         }
     }
 }
