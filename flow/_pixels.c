@@ -6,11 +6,12 @@
  * image here); this loop reads each pixel once and, compiled with AVX2 where the CPU has it,
  * takes about a third of that. mirror(images, flags) flips uint8 images in place (numpy's
  * reversed-stride copy of 3-byte pixels took ~10 us a 64x64 image), and jitter_hls(images,
- * deltas) is the colour augmentation (numpy's version took 1.6 ms a 64x64 image). The GIL is
- * released while any of them runs.
+ * deltas) is the colour augmentation (numpy's version took 1.6 ms a 64x64 image, this ~85 us).
+ * The GIL is released while any of them runs.
  *
- * Same arithmetic as numpy's float32 (x - mean) * inv_std, rounded the same way (no fused
- * multiply-add: built with -ffp-contract=off), so either gives identical batches.
+ * Every loop does numpy's float32 arithmetic in numpy's order, rounded the same way (no fused
+ * multiply-add: built with -ffp-contract=off), so the batches equal numpy's to the bit
+ * (tests/test_pixels.py holds the numpy versions).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
