@@ -490,10 +490,8 @@ class _Builder:
             images = staging[:end - begin] if self.float_output else out[begin:end]
             chunk_params = params[begin:end] if params is not None else None
             bad += self.decode_into(images, positions[begin:end], chunk_params, begin)
-            if self.float_output:
-                augment.finish(images, chunk_params, options, out[begin:end], self.mean, self.inv_std)
-            else:
-                augment.finish(images, chunk_params, options)
+            normalized = out[begin:end] if self.float_output else None
+            augment.finish(images, chunk_params, options, normalized, self.mean, self.inv_std)
         return bad
 
     def decode_into(self, images: np.ndarray, positions: np.ndarray, params: AugmentParams | None,
