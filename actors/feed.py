@@ -12,7 +12,7 @@ from typing import AsyncIterable, Callable
 import torch
 import trio
 
-from actors.loader import Batch, EpochEnd
+from flow.actors.loader import Batch, EpochEnd
 from flow.errors import FlowError
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from flow.recordio import IndexedRecordReader, RecordWriter
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "mxnet"
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "data"  # the MXNet-made files the tests use
 
 
 def build_file(path: Path, records: int) -> None:

@@ -78,7 +78,7 @@ NUM_CLASSES = 10
 SEED = 0
 PEER_TIMEOUT_S = 900  # a hung peer fails its row instead of stalling the whole run
 RESULT_PREFIX = "test-io-bench-result: "  # marks the JSON line a worker prints among library chatter
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "tests" / "data"  # the MXNet-made files the tests use
 
 PEERS = {
     "flow": "flow test-io",
@@ -435,7 +435,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      "the peers, the fair rule and how to install DALI and MXNet.")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/flow-bench"),
                         help="where the benchmark .rec is built and cached (default: %(default)s)")
-    parser.add_argument("--fixtures", type=Path, default=SHARED_DIR / "fixtures" / "mxnet",
+    parser.add_argument("--fixtures", type=Path, default=FIXTURES_DIR,
                         help="folder with the MXNet-made train.rec and val.rec (default: %(default)s)")
     parser.add_argument("--dali-python", help="interpreter with nvidia-dali-cuda120 (default: this one, "
                         "skipped if DALI is not installed here)")

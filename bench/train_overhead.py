@@ -87,7 +87,7 @@ NOOP_SHAPE = (3, 8, 8)  # tiny samples: the no-op step costs next to nothing
 NOOP_DISTINCT_BATCHES = 8  # pre-made batches cycled through, as a small in-memory dataset would be
 PEER_TIMEOUT_S = 900  # a hung peer fails its row instead of stalling the whole run
 RESULT_PREFIX = "train-overhead-bench-result: "  # marks the JSON line a worker prints among library chatter
-FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "mxnet"
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "tests" / "data"  # the MXNet-made files the tests use
 
 PEERS = {
     "flow": "flow run",

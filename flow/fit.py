@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import trio
 
-from actors.compute import Work
-from actors.checkpoint import Save
-from actors.loader import EpochEnd as LoaderEpochEnd
-from actors.metrics import Outputs, SplitEnd
-from actors.param_server import StateRequest, Update
+from flow.actors.compute import Work
+from flow.actors.checkpoint import Save
+from flow.actors.loader import EpochEnd as LoaderEpochEnd
+from flow.actors.metrics import Outputs, SplitEnd
+from flow.actors.param_server import StateRequest, Update
 from flow.errors import FlowError
 from flow.events import RunFinished, RunStarted
 

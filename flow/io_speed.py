@@ -40,7 +40,7 @@ async def measure(config, emit: Callable[[str], None] | None = None) -> list[tup
     the Batch and epoch lines as they happen."""
     import trio
 
-    from actors.loader import EpochEnd, LoaderSettings, loader
+    from flow.actors.loader import EpochEnd, LoaderSettings, loader
     from flow.errors import unwrapped_errors
     from flow.metrics import io_speed_line
 

@@ -23,13 +23,13 @@ import torch
 import torch.nn.functional as F
 import trio
 
-from actors import loader as loader_actor
-from actors.bus import Subscription, bus
-from actors.feed import feed
-from actors.checkpoint import CheckpointSettings, checkpoint
-from actors.compute import ComputeSettings, compute
-from actors.metrics import MetricSettings, metrics
-from actors.param_server import ServerSettings, param_server
+from flow.actors import loader as loader_actor
+from flow.actors.bus import Subscription, bus
+from flow.actors.feed import feed
+from flow.actors.checkpoint import CheckpointSettings, checkpoint
+from flow.actors.compute import ComputeSettings, compute
+from flow.actors.metrics import MetricSettings, metrics
+from flow.actors.param_server import ServerSettings, param_server
 from flow import checkpoints, models
 from flow.config import Config
 from flow.distributed import Cluster, join
@@ -111,7 +111,7 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
 
     `model` and `loss` (per-sample, like `softmax_cross_entropy`) replace the configured network
     and loss; `train_data` and `val_data` replace the RecordIO files: an async iterable of batches
-    (iterated once per epoch) or a callable epoch -> async iterable, as `actors.feed` describes.
+    (iterated once per epoch) or a callable epoch -> async iterable, as `flow.actors.feed` describes.
     """
     plan = _plan(config, model, train_data, val_data)
     with unwrapped_errors():

@@ -1,6 +1,7 @@
-"""Where the test data lives: MXNet-made files in ../shared (beside the project root, in CI too)."""
+"""Where the test data lives: MXNet-made files copied into tests/data (tests/data/README.md says what made them)."""
 
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MXNET_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "mxnet"
+MXNET_FIXTURES = REPO_ROOT / "tests" / "data"
+PASSTHROUGH_RECORDS = 64  # tests/data keeps the first 64 records of MXNet's 800-record passthrough.rec

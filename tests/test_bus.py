@@ -1,7 +1,7 @@
 import pytest
 import trio
 
-from actors.bus import Subscription, bus
+from flow.actors.bus import Subscription, bus
 
 
 async def publish(events, subscriptions):

@@ -11,7 +11,7 @@ from PIL import Image
 from flow.cli import main
 from flow.image import decode, encode
 from flow.recordio import IndexedRecordReader, unpack
-from tests.fixtures import MXNET_FIXTURES as FIXTURES
+from tests.fixtures import MXNET_FIXTURES as FIXTURES, PASSTHROUGH_RECORDS
 
 
 def make_image(path: Path, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -31,7 +31,7 @@ def records_of(rec_path: Path) -> list:
 
 
 def test_pass_through_reproduces_mxnet_files_byte_for_byte(tmp_path):
-    shutil.copy(FIXTURES / "train.lst", tmp_path / "passthrough.lst")
+    shutil.copy(FIXTURES / "passthrough.lst", tmp_path / "passthrough.lst")
     # Several threads: the records must still come out in .lst order.
     argv = ["im2rec", "--pass-through", "--num-thread", "3", str(tmp_path / "passthrough"), str(FIXTURES / "images")]
     assert main(argv) == 0
@@ -40,11 +40,11 @@ def test_pass_through_reproduces_mxnet_files_byte_for_byte(tmp_path):
 
 
 def test_summary_line_counts_records_and_bytes(tmp_path, capsys):
-    shutil.copy(FIXTURES / "train.lst", tmp_path / "data.lst")
+    shutil.copy(FIXTURES / "passthrough.lst", tmp_path / "data.lst")
     assert main(["im2rec", "--pass-through", str(tmp_path / "data"), str(FIXTURES / "images")]) == 0
     size = (tmp_path / "data.rec").stat().st_size
     summary = capsys.readouterr().out.strip().splitlines()[-1]
-    assert summary.startswith(f"im2rec: wrote 800 records, {size} bytes to {tmp_path / 'data.rec'} in ")
+    assert summary.startswith(f"im2rec: wrote {PASSTHROUGH_RECORDS} records, {size} bytes to {tmp_path / 'data.rec'} in ")
     assert summary.endswith(" seconds")
 
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import trio
 
-from actors import loader as loader_module
-from actors.loader import Batch, EpochEnd, LoaderSettings, loader
+from flow.actors import loader as loader_module
+from flow.actors.loader import Batch, EpochEnd, LoaderSettings, loader
 from flow.augment import AugmentSettings
 from flow.config import config_from_dict
 from flow.errors import ConfigError, ImageError, RecordIOError
