@@ -220,9 +220,11 @@ def _built_model(config: Config) -> tuple[torch.nn.Module, dict | None]:
         tuned = models.fine_tune(pretrained, data.num_classes, network.layer_before_fullc or None,
                                  image_shape=data.image_shape, initializer=initializer, generator=generator)
         return tuned, models.with_fine_tune(spec, data.num_classes, network.layer_before_fullc or None, data.image_shape)
-    built = models.build_model(network.network, data.num_classes, data.image_shape, network.num_layers)
+    built = models.build_model(network.network, data.num_classes, data.image_shape, network.num_layers,
+                               **network.options)
     models.initialize(built, initializer, generator)
-    return built, models.model_spec(network.network, data.num_classes, data.image_shape, network.num_layers)
+    return built, models.model_spec(network.network, data.num_classes, data.image_shape, network.num_layers,
+                                    **network.options)
 
 
 async def _training(config: Config, plan: _Plan, loss: Callable, event_send: trio.MemorySendChannel,

@@ -1,0 +1,52 @@
+"""What a run checks and says at start-up, before it trains: config mistakes that MXNet refuses at
+load time, and settings that would otherwise train something else than the user sees."""
+
+import logging
+import textwrap
+
+import pytest
+import torch
+
+from flow import checkpoints
+from flow.cli import main
+from flow.config import config_from_dict
+from flow.errors import ConfigError
+from flow.run import open_run, train
+from tests.fixtures import MXNET_FIXTURES
+
+
+def records_config(tmp_path=None, **sections):
+    """mlp on MXNet's val.rec (200 records of 64x64, 10 classes), cropped to 32x32: two batches an epoch."""
+    raw = {
+        "data": {"data_train": str(MXNET_FIXTURES / "val.rec"), "image_shape": [3, 32, 32], "num_classes": 10,
+                 "batch_size": 100, "data_nthreads": 1},
+        "model": {"network": "mlp"},
+        "train": {"num_epochs": 1, "lr": 0.05, "disp_batches": 1},
+    }
+    if tmp_path is not None:
+        raw["checkpoint"] = {"model_prefix": str(tmp_path / "model")}
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return config_from_dict(raw)
+
+
+@pytest.fixture
+def flow_logger():
+    """`flow run` points the flow logger at stderr and stops its propagation: put it back afterwards."""
+    logger = logging.getLogger("flow")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield logger
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
+# --- model.options ----------------------------------------------------------------------------
+
+
+async def test_model_options_reach_the_network(tmp_path):
+    config = records_config(tmp_path, model={"network": "lenet", "options": {"hidden": 16}})
+    await train(config)
+    params, _ = checkpoints.load_checkpoint(str(tmp_path / "model"), 1)
+    assert params["fullyconnected0.weight"].shape[0] == 16
+    assert checkpoints.load_model_spec(str(tmp_path / "model"))["options"] == {"hidden": 16}
+
+
