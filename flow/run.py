@@ -287,7 +287,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         work_send, work_receive = trio.open_memory_channel(in_flight)
         work_sends.append(work_send)
         replica_model = copy.deepcopy(plan.model) if replica else plan.model
-        await nursery.start(compute, ComputeSettings(device, replica, train.precision, train.seed), replica_model,
+        await nursery.start(compute, ComputeSettings(device, replica, train.precision, train.seed, data.rgb_mean,
+                                                     data.rgb_std), replica_model,
                             loss, work_receive, result_send.clone(), None if server else make_updater)
     result_send.close()
 

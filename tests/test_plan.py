@@ -39,6 +39,22 @@ def flow_logger():
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
+# --- data.layout = "uint8_nhwc" ----------------------------------------------------------------
+
+
+async def test_uint8_layout_trains_the_same_weights_as_float32_to_the_bit(tmp_path):
+    augmented = {"aug_level": 2, "rgb_std": [58.4, 57.1, 57.4]}  # crop, mirror and colour jitter
+    for layout in ("float32_nchw", "uint8_nhwc"):
+        config = records_config(tmp_path / layout, data={**augmented, "layout": layout,
+                                                         "data_val": str(MXNET_FIXTURES / "val.rec")},
+                                train={"num_epochs": 2})
+        result = await train(config)
+        assert result.updates == 4
+    float_params, _ = checkpoints.load_checkpoint(str(tmp_path / "float32_nchw" / "model"), 2)
+    uint8_params, _ = checkpoints.load_checkpoint(str(tmp_path / "uint8_nhwc" / "model"), 2)
+    assert all(torch.equal(float_params[name], uint8_params[name]) for name in float_params)
+
+
 # --- model.options ----------------------------------------------------------------------------
 
 
