@@ -175,6 +175,12 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         epoch_size = 1  # a constant lr: the count never matters
 
     begin_epoch, updater_state, model_state = saving.load_epoch, None, None
+    if begin_epoch > train.num_epochs:
+        raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is past train.num_epochs ({train.num_epochs}): "
+                          f"nothing to train; raise train.num_epochs or load an earlier epoch")
+    if begin_epoch == train.num_epochs:  # e.g. --resume after the run finished
+        raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is train.num_epochs: nothing left to train; "
+                          f"raise train.num_epochs to train more")
     if begin_epoch:
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")

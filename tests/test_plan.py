@@ -66,3 +66,44 @@ async def test_model_options_reach_the_network(tmp_path):
     assert checkpoints.load_model_spec(str(tmp_path / "model"))["options"] == {"hidden": 16}
 
 
+# --- checkpoint.load_epoch against train.num_epochs --------------------------------------------
+
+
+def write_config(tmp_path, num_epochs):
+    path = tmp_path / "train.toml"
+    path.write_text(textwrap.dedent(f"""
+        [data]
+        data_train = "{MXNET_FIXTURES / 'val.rec'}"
+        image_shape = [3, 32, 32]
+        num_classes = 10
+        batch_size = 100
+        data_nthreads = 1
+        [model]
+        network = "mlp"
+        [train]
+        num_epochs = {num_epochs}
+        [checkpoint]
+        model_prefix = "{tmp_path / 'model'}"
+    """))
+    return str(path)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(tmp_path, capsys, flow_logger):
+    config = write_config(tmp_path, num_epochs=1)
+    assert main(["run", config]) == 0
+    capsys.readouterr()
+    assert main(["run", config, "--resume"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "flow run: error: checkpoint.load_epoch (1) is train.num_epochs: nothing left to train; "
+        "raise train.num_epochs to train more")
+    assert checkpoints.saved_epochs(str(tmp_path / "model")) == [1]
+
+
+def test_load_epoch_past_num_epochs_names_both_keys(tmp_path, capsys, flow_logger):
+    config = write_config(tmp_path, num_epochs=1)
+    assert main(["run", config, "--set", "checkpoint.load_epoch=3"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "flow run: error: checkpoint.load_epoch (3) is past train.num_epochs (1): nothing to train; "
+        "raise train.num_epochs or load an earlier epoch")
+
+
