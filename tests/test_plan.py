@@ -39,6 +39,24 @@ def flow_logger():
     logger.handlers[:], logger.level, logger.propagate = saved
 
 
+# --- data.label_width against the records' labels ----------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["data_train", "data_val"])
+async def test_label_width_that_differs_from_the_records_is_refused_before_training(split):
+    multilabel = str(MXNET_FIXTURES / "multilabel.rec")  # 3 labels a record (flag 3)
+    config = records_config(data={split: multilabel})
+    with pytest.raises(ConfigError, match=r"data\.label_width.*multilabel\.rec.*3 labels") as caught:
+        await train(config)
+    assert "\n" not in str(caught.value)
+
+
+async def test_label_width_that_matches_the_records_starts(tmp_path):
+    config = records_config(data={"data_train": str(MXNET_FIXTURES / "multilabel.rec"), "label_width": 3})
+    async with open_run(config):  # the plan is made on entry; leaving at once trains nothing
+        pass
+
+
 # --- data.layout = "uint8_nhwc" ----------------------------------------------------------------
 
 
@@ -107,3 +125,26 @@ def test_load_epoch_past_num_epochs_names_both_keys(tmp_path, capsys, flow_logge
         "raise train.num_epochs or load an earlier epoch")
 
 
+# --- data.num_examples against the file --------------------------------------------------------
+
+
+def count_warnings(caplog, text):
+    return sum(1 for record in caplog.records if record.name == "flow" and record.levelno == logging.WARNING
+               and text in record.getMessage())
+
+
+async def test_num_examples_below_the_record_count_warns_once(caplog):
+    caplog.set_level(logging.INFO, logger="flow")
+    async with open_run(records_config(data={"num_examples": 100}, train={"lr_step_epochs": [1]})):
+        pass
+    assert count_warnings(caplog, "data.num_examples") == 1
+    message = next(record.getMessage() for record in caplog.records if record.levelno == logging.WARNING)
+    assert "100" in message and "200 records" in message and "val.rec" in message and "lr schedule" in message
+
+
+@pytest.mark.parametrize("num_examples", [0, 200])
+async def test_num_examples_unset_or_equal_to_the_record_count_does_not_warn(caplog, num_examples):
+    caplog.set_level(logging.INFO, logger="flow")
+    async with open_run(records_config(data={"num_examples": num_examples})):
+        pass
+    assert count_warnings(caplog, "data.num_examples") == 0
