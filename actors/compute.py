@@ -27,6 +27,8 @@ class ComputeSettings:
     replica: int
     precision: str  # "fp32" or "bf16" (autocast)
     seed: int
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # RGB, for uint8 NHWC batches (data.layout "uint8_nhwc")
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,23 @@ class _Replica:
         self.updater = None if make_updater is None else make_updater(self.parameters)
         self.random = _ReplicaRandom(self.device)
         self.seeded_epoch = None
+        # float32 mean and 1 / std, as the loader's normalize loop (flow/_pixels.c) takes them
+        self.mean = torch.tensor(settings.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.inv_std = 1 / torch.tensor(settings.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
     def autocast(self):
         if self.settings.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def inputs(self, data: torch.Tensor) -> torch.Tensor:
+        """A batch on the device as the model takes it: uint8 NHWC batches become float32 NCHW
+        (x - mean) / std here, equal to the bit to the loader's float32 output, and 4x smaller to move."""
+        data = data.to(self.device, non_blocking=True)
+        if data.dtype != torch.uint8:
+            return data
+        images = data.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+        return images.sub_(self.mean).mul_(self.inv_std)
 
     @torch.no_grad()
     def load(self, weights: list[torch.Tensor] | None) -> None:
@@ -86,7 +100,7 @@ class _Replica:
         self.load(work.weights)
         if not self.model.training:
             self.model.train()
-        data = work.data.to(self.device, non_blocking=True)
+        data = self.inputs(work.data)
         label = work.label.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
@@ -110,7 +124,7 @@ class _Replica:
         self.load(work.weights)
         self.model.eval()
         with self.autocast():
-            logits = self.model(work.data.to(self.device, non_blocking=True))
+            logits = self.model(self.inputs(work.data))
         outputs = torch.softmax(logits.float(), dim=1).cpu()
         return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs)
 

@@ -106,6 +106,8 @@ class ModelConfig:
     pretrained_prefix: str = knob("", path=True)  # fine-tune: checkpoint to start from
     pretrained_epoch: int = knob(0, "a non-negative integer", _non_negative)
     layer_before_fullc: str = knob("")  # fine-tune: module name the new classifier goes after
+    # The network's own keyword arguments, e.g. { hidden = 256 } for lenet; a dict default needs a factory.
+    options: dict = field(default_factory=dict, metadata=knob(None).metadata)
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def _section(section_name: str, cls: type, values: dict, source, base_dir: Path 
 
 
 def _convert(name: str, value: Any, kind: Any, source) -> Any:
-    """`value` as `kind` (int, float, bool, str or tuple of one of them), or a ConfigError saying why not."""
+    """`value` as `kind` (int, float, bool, str, dict or tuple of one of them), or a ConfigError saying why not."""
     if typing.get_origin(kind) is tuple:
         item_kind = typing.get_args(kind)[0]
         if isinstance(value, str):  # fit.py style: image_shape = "3,224,224"
@@ -247,7 +249,8 @@ def _from_string(name: str, text: str, kind: type, source) -> Any:
 
 
 def _article(kind: type) -> str:
-    return {int: "an integer", float: "a float", bool: "a boolean (true/false)", str: "a string"}[kind]
+    return {int: "an integer", float: "a float", bool: "a boolean (true/false)", str: "a string",
+            dict: "a table such as { key = value }"}[kind]
 
 
 def _did_you_mean(key: str, valid, prefix: str = "") -> str:

@@ -16,6 +16,7 @@ import importlib
 import inspect
 import json
 import math
+import re
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -91,7 +92,8 @@ def _from_factory(name: str, num_classes: int, image_shape: tuple[int, int, int]
             raise ConfigError(f"network {name!r}: {module_name} has no {attribute}")
     if not callable(factory):
         raise ConfigError(f"network {name!r}: {attribute} is not callable")
-    parameters = inspect.signature(factory).parameters
+    signature = inspect.signature(factory)
+    parameters = signature.parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
     standard = {"num_classes": num_classes, "image_shape": image_shape}
     if num_layers is not None:
@@ -100,11 +102,36 @@ def _from_factory(name: str, num_classes: int, image_shape: tuple[int, int, int]
     arguments = {k: v for k, v in standard.items() if takes_any or k in parameters}
     unknown = sorted(k for k in options if not takes_any and k not in parameters)
     if unknown:
-        raise ConfigError(f"network {name!r}: the factory takes no option {', '.join(unknown)}")
-    model = factory(**arguments, **options)
+        raise ConfigError(f"network {name!r}: the factory takes no option {', '.join(unknown)} "
+                          f"(model.options); it is {attribute}{_plain_signature(factory)}")
+    try:
+        signature.bind(**arguments, **options)  # the factory's own signature, before it runs
+        model = factory(**arguments, **options)
+    except TypeError as error:
+        if not _ARGUMENT_ERROR.search(str(error)):
+            raise
+        passed = ", ".join(f"{key}={value!r}" for key, value in arguments.items())
+        if options:
+            passed += " and model.options " + ", ".join(f"{key}={value!r}" for key, value in options.items())
+        raise ConfigError(
+            f"model.network {name!r}: the factory refused flow's arguments ({error}): flow passed {passed} "
+            f"to {attribute}{_plain_signature(factory)}; give its own arguments in model.options, or wrap it "
+            f"in a factory that names the ones it takes (one with **kwargs gets all of flow's)") from error
     if not isinstance(model, nn.Module):
         raise ConfigError(f"network {name!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+# What Python says when a call's arguments do not fit the signature, wherever in the factory it is
+# (a torchvision-style factory hands its **kwargs on to a class that refuses image_shape).
+_ARGUMENT_ERROR = re.compile(r"unexpected keyword argument|multiple values for|missing (\d+ |a )?required")
+
+
+def _plain_signature(factory: Callable) -> str:
+    """`factory`'s signature without annotations: what a user writes in model.options."""
+    signature = inspect.signature(factory)
+    parameters = [parameter.replace(annotation=inspect.Parameter.empty) for parameter in signature.parameters.values()]
+    return str(signature.replace(parameters=parameters, return_annotation=inspect.Signature.empty))
 
 
 # --- the built-in networks ------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -33,13 +34,13 @@ from flow.actors.param_server import ServerSettings, param_server
 from flow import checkpoints, models
 from flow.config import Config
 from flow.distributed import Cluster, join
-from flow.errors import ConfigError, first_cause, unwrapped_errors
+from flow.errors import ConfigError, RecordIOError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import CheckpointSaved, EpochEnd, RunFailed, RunFinished, Validation
 from flow.fit import FitChannels, FitSettings, fit, steps_in_flight
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
-from flow.recordio import IndexedRecordReader
+from flow.recordio import IndexedRecordReader, RecordReader, unpack
 from flow.seeding import derive_seed
 
 
@@ -166,7 +167,16 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
             train_loader = dataclasses.replace(train_loader, num_parts=cluster.world_size, part_index=cluster.rank)
         if data.data_val and val_data is None:
             val_loader = loader_actor.LoaderSettings.from_config(data, "val", train.seed)
-    num_examples = data.num_examples or (_record_count(train_loader) if train_loader else 0)
+    for settings in (train_loader, val_loader):
+        if settings is not None and not settings.benchmark:
+            _check_label_width(settings)
+    records = _record_count(train_loader) if train_loader else 0
+    if data.num_examples and data.num_examples < records and not data.benchmark and cluster.rank == 0:
+        logging.getLogger("flow").warning(
+            "data.num_examples (%d) is less than the %d records of %s: the lr schedule counts epochs of %d "
+            "examples, so its epochs end mid-epoch, ahead of the epochs the log shows",
+            data.num_examples, records, train_loader.path, data.num_examples)
+    num_examples = data.num_examples or records
     if num_examples:
         epoch_size = updates_per_epoch(num_examples, data.batch_size, max(data.num_parts, cluster.world_size))
     elif train.lr_step_epochs or train.lr_schedule == "cosine" or train.warmup_epochs:
@@ -175,6 +185,12 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         epoch_size = 1  # a constant lr: the count never matters
 
     begin_epoch, updater_state, model_state = saving.load_epoch, None, None
+    if begin_epoch > train.num_epochs:
+        raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is past train.num_epochs ({train.num_epochs}): "
+                          f"nothing to train; raise train.num_epochs or load an earlier epoch")
+    if begin_epoch == train.num_epochs:  # e.g. --resume after the run finished
+        raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is train.num_epochs: nothing left to train; "
+                          f"raise train.num_epochs to train more")
     if begin_epoch:
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
@@ -191,6 +207,26 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
                  train_data, val_data, epoch_size if num_examples else 0, cluster,
                  writes_files=bool(saving.model_prefix) and cluster.rank == 0)
+
+
+def _check_label_width(settings: loader_actor.LoaderSettings) -> None:
+    """As MXNet at load time: records with another number of labels than data.label_width are refused.
+
+    Records of one file carry the same number (the loader checks them all), so the first one's
+    header says it: flag N is N labels, flag 0 one.
+    """
+    with RecordReader(settings.path) as reader:
+        if not reader.size:
+            return
+        try:
+            header, _ = unpack(reader.read_at(0)[0])
+        except RecordIOError:
+            return  # a bad first record: the loader names it (or skips it, with data.skip_bad_records)
+    labels = max(header.flag, 1)
+    if labels != settings.label_width:
+        raise ConfigError(f"data.label_width: the records of {settings.path} carry {labels} labels, but "
+                          f"data.label_width is {settings.label_width}; set it to {labels}, with a loss "
+                          f"that takes {labels} labels")
 
 
 def _record_count(settings: loader_actor.LoaderSettings) -> int:
@@ -220,9 +256,11 @@ def _built_model(config: Config) -> tuple[torch.nn.Module, dict | None]:
         tuned = models.fine_tune(pretrained, data.num_classes, network.layer_before_fullc or None,
                                  image_shape=data.image_shape, initializer=initializer, generator=generator)
         return tuned, models.with_fine_tune(spec, data.num_classes, network.layer_before_fullc or None, data.image_shape)
-    built = models.build_model(network.network, data.num_classes, data.image_shape, network.num_layers)
+    built = models.build_model(network.network, data.num_classes, data.image_shape, network.num_layers,
+                               **network.options)
     models.initialize(built, initializer, generator)
-    return built, models.model_spec(network.network, data.num_classes, data.image_shape, network.num_layers)
+    return built, models.model_spec(network.network, data.num_classes, data.image_shape, network.num_layers,
+                                    **network.options)
 
 
 async def _training(config: Config, plan: _Plan, loss: Callable, event_send: trio.MemorySendChannel,
@@ -285,7 +323,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         work_send, work_receive = trio.open_memory_channel(in_flight)
         work_sends.append(work_send)
         replica_model = copy.deepcopy(plan.model) if replica else plan.model
-        await nursery.start(compute, ComputeSettings(device, replica, train.precision, train.seed), replica_model,
+        await nursery.start(compute, ComputeSettings(device, replica, train.precision, train.seed, data.rgb_mean,
+                                                     data.rgb_std), replica_model,
                             loss, work_receive, result_send.clone(), None if server else make_updater)
     result_send.close()
 

@@ -119,6 +119,16 @@ def factories(tmp_path, monkeypatch):
 
         def not_a_module(num_classes):
             return "nope"
+
+        class Classifier(nn.Linear):
+            def __init__(self, num_classes=1000, features=4):
+                super().__init__(features, num_classes)
+
+        def torchvision_style(*, progress=True, **kwargs):  # as torchvision.models.resnet18
+            return Classifier(**kwargs)
+
+        def deep(num_classes, depth):
+            return nn.Sequential(*[nn.Linear(num_classes, num_classes) for _ in range(depth)])
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
     return "user_nets"
@@ -139,6 +149,27 @@ def test_factory_strings(factories):
 def test_factory_errors_name_the_string(factories, name, options, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         build_model(name, 4, (3, 8, 8), **options)
+
+
+def test_factory_options_are_passed_as_keyword_arguments(factories):
+    assert len(build_model("user_nets:deep", 4, (3, 8, 8), depth=3)) == 3
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("user_nets:torchvision_style", {"features": 5},
+     "model.network 'user_nets:torchvision_style': the factory refused flow's arguments "
+     "(Classifier.__init__() got an unexpected keyword argument 'image_shape'): flow passed num_classes=4, "
+     "image_shape=(3, 8, 8) and model.options features=5 to torchvision_style(*, progress=True, **kwargs)"),
+    ("user_nets:deep", {},
+     "model.network 'user_nets:deep': the factory refused flow's arguments (missing a required argument: 'depth'): "
+     "flow passed num_classes=4 to deep(num_classes, depth)"),
+])
+def test_a_factory_that_refuses_flows_arguments_says_what_was_passed_and_what_it_takes(factories, name, options,
+                                                                                        message):
+    with pytest.raises(ConfigError) as caught:
+        build_model(name, 4, (3, 8, 8), **options)
+    assert str(caught.value).startswith(message + "; ")
+    assert "model.options" in str(caught.value).removeprefix(message) and "\n" not in str(caught.value)
 
 
 def test_initialization_is_deterministic_per_generator():
