@@ -1,7 +1,8 @@
-"""The `flow` command: one sub-command per module, each with `add_arguments(parser)` and `run(args)`.
+"""The `flow` command: one sub-command per module, each with `add_arguments(parser)` and `run(args)`,
+and optionally `unknown_option_hint(option, value)` to say what to type instead of an option it lacks.
 
 Bad input raises `FlowError`; here it becomes one line on stderr and exit status 1
-(the full traceback only with `--debug`).
+(the full traceback only with `--debug`). The help users see is SUMMARY, COMMON_COMMANDS and READ_MORE.
 """
 
 from __future__ import annotations
@@ -24,15 +25,67 @@ COMMANDS = {
 }
 
 
+SUMMARY = "flow trains image classifiers the way MXNet's fit.py does, on PyTorch, from MXNet RecordIO files."
+
+COMMON_COMMANDS = """\
+common commands:
+  flow run train.toml                    train as train.toml says (fit.py's flags work: --lr 0.01)
+  flow run train.toml --resume           go on from the newest checkpoint of checkpoint.model_prefix
+  flow test-io train.toml                time the data loader alone (fit.py's --test-io)
+  flow im2rec --list --recursive data/pets images/
+                                         list images/<class>/* into data/pets.lst
+  flow im2rec data/pets images/          pack data/pets*.lst into .rec + .idx files
+  flow inspect data/pets.rec             count records, labels and image sizes; check integrity
+  flow events runs/pets-events.msgpack   what a run did, one line per event
+  flow plot runs/pets-events.msgpack     a run's curves, in curves.png"""
+
+READ_MORE = """\
+Read more: `flow COMMAND --help` for a command's options; README.md for the train.toml keys,
+and examples/train.toml for a config to start from."""
+
+
+class FlowParser(argparse.ArgumentParser):
+    """The top-level parser: its help opens with what flow does, before the usage line."""
+
+    def format_help(self) -> str:
+        return f"{SUMMARY}\n\n{super().format_help()}"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser: an option it lacks that its module can name a replacement for
+    (fit.py's --data-nthreads: --set data.data_nthreads=...) is an error saying so."""
+
+    def __init__(self, *args, unknown_option_hint=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unknown_option_hint = unknown_option_hint
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if self.unknown_option_hint:
+            for position, extra in enumerate(extras):
+                option, equals, value = extra.partition("=")
+                if not option.startswith("--"):
+                    continue
+                if not equals and position + 1 < len(extras) and not extras[position + 1].startswith("-"):
+                    value = extras[position + 1]  # `--option value`, as fit.py's flags are given
+                hint = self.unknown_option_hint(option, value or None)
+                if hint:
+                    self.error(f"no option {option}; {hint}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flow", description=__doc__.splitlines()[0])
+    parser = FlowParser(prog="flow", description=COMMON_COMMANDS, epilog=READ_MORE,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
+    parser.set_defaults(run=lambda args: parser.print_help() or 2)  # `flow` alone: the help, as `git` alone
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
         summary = (module.__doc__ or "").strip().splitlines()[0]
         sub = commands.add_parser(name, help=summary, description=module.__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                                  formatter_class=argparse.RawDescriptionHelpFormatter,
+                                  unknown_option_hint=getattr(module, "unknown_option_hint", None))
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback on errors")
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)

@@ -198,7 +198,23 @@ def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path
         raise ConfigError(
             f"data.part_index: expected an integer below data.num_parts ({config.data.num_parts}), "
             f"got {config.data.part_index}", source)
+    _check_metrics(config.train, source)
     return config
+
+
+def _check_metrics(train: TrainConfig, source) -> None:
+    """What the metrics actor would refuse, refused now (flow.metrics holds the names and rules)."""
+    from flow.metrics import metric_arguments_problem  # here: flow.metrics imports torch
+
+    problem = metric_arguments_problem(train.metrics, train.top_k)
+    if problem:
+        argument, why = problem
+        raise ConfigError(f"train.{argument}: {why}", source)
+
+
+def sections_with_key(key: str) -> list[str]:
+    """The sections that have a key named `key` (to point a misplaced key at its section)."""
+    return [name for name, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
 
 
 def _section(section_name: str, cls: type, values: dict, source, base_dir: Path | None):
@@ -211,7 +227,10 @@ def _section(section_name: str, cls: type, values: dict, source, base_dir: Path 
     for key, value in values.items():
         name = f"{section_name}.{key}"
         if key not in fields:
-            raise ConfigError(f"unknown key {name}{_did_you_mean(key, fields, section_name + '.')}", source)
+            homes = sections_with_key(key)
+            hint = (f"; it belongs in [{homes[0]}]: {homes[0]}.{key}" if homes
+                    else _did_you_mean(key, fields, section_name + "."))
+            raise ConfigError(f"unknown key {name}{hint}", source)
         value = _convert(name, value, types[key], source)
         meta = fields[key].metadata
         if meta["choices"] and value not in meta["choices"]:

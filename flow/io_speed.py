@@ -13,11 +13,17 @@ import argparse
 import time
 from typing import Callable
 
+# unknown_option_hint is for the CLI, which asks each command's module for one.
+from flow.run_command import add_override_arguments, unknown_option_hint  # noqa: F401
+
+# The keys the loader alone reads: fit.py's flags for the others belong to `flow run`.
+READS = ("train.num_epochs", "train.disp_batches", "train.seed")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.usage = "%(prog)s [-h] [--debug] [--set SECTION.KEY=VALUE] [fit.py's flags] config"
     parser.add_argument("config", help="the train.toml file (the same one `flow run` takes)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config key, e.g. --set data.batch_size=256 (repeatable)")
+    add_override_arguments(parser, reads=lambda key: key.startswith("data.") or key in READS)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -258,16 +258,30 @@ _METRICS = {
 METRIC_NAMES = tuple(_METRICS)
 
 
+def metric_arguments_problem(names: Sequence[str], top_k: Any) -> tuple[str, str] | None:
+    """Why `create_metric(names, top_k)` would fail, as (the argument at fault, "metrics" or
+    "top_k"; what is wrong and what is valid), or None. The config asks this on load, so that a
+    run with a bad metric stops before it starts."""
+    for name in names:
+        if name.lower() not in _METRICS:
+            return "metrics", f"unknown metric {name!r}; valid: {', '.join(METRIC_NAMES)}"
+    if not isinstance(top_k, int) or top_k < 0:
+        return "top_k", f"expected a non-negative integer, got {top_k!r}"
+    asks_top_k = any(_METRICS[name.lower()] is TopKAccuracy for name in names)
+    if top_k == 1 or (asks_top_k and top_k == 0):  # MXNet's TopKAccuracy asserts the same
+        return "top_k", f"top_k_accuracy needs top_k >= 2 (0: no top-k metric; top-1 is accuracy), got {top_k}"
+    return None
+
+
 def create_metric(names: Sequence[str], top_k: int = 0) -> CompositeMetric:
     """The metrics fit.py evaluates: `names` (e.g. the config's ["accuracy"]), plus
     top_k_accuracy_<top_k> when top_k > 0 and `names` does not already ask for it."""
-    if not isinstance(top_k, int) or top_k < 0:
-        raise ConfigError(f"top_k: expected a non-negative integer, got {top_k!r}")
+    problem = metric_arguments_problem(names, top_k)
+    if problem:
+        raise ConfigError("%s: %s" % problem)
     metrics: list[EvalMetric] = []
     for name in names:
-        kind = _METRICS.get(name.lower())
-        if kind is None:
-            raise ConfigError(f"unknown metric {name!r}; valid: {', '.join(METRIC_NAMES)}")
+        kind = _METRICS[name.lower()]
         metrics.append(kind(top_k) if kind is TopKAccuracy else kind())
     if top_k > 0 and not any(isinstance(metric, TopKAccuracy) for metric in metrics):
         metrics.append(TopKAccuracy(top_k))

@@ -1,6 +1,9 @@
+import re
+
 import pytest
 
 from flow.config import Config, ConfigError, config_from_dict, load_config, parse_override
+from flow.metrics import METRIC_NAMES
 
 
 def write(tmp_path, text):
@@ -50,6 +53,8 @@ def test_aug_level_fills_only_unset_knobs():
     ({"data": {"last_batch": "keep"}}, r"data.last_batch: expected one of 'pad', 'discard', 'roll_over', got 'keep'"),
     ({"data": {"image_shape": [3, 0, 8]}}, r"data.image_shape: expected 3 positive integers C,H,W"),
     ({"data": {"num_parts": 2, "part_index": 2}}, r"data.part_index: expected an integer below data.num_parts"),
+    ({"train": {"batch_size": 64}}, r"unknown key train.batch_size; it belongs in \[data\]: data.batch_size$"),
+    ({"data": {"lr": 0.1}}, r"unknown key data.lr; it belongs in \[train\]: train.lr$"),
 ])
 def test_bad_config_says_which_key_and_what_is_expected(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -63,3 +68,24 @@ def test_bad_override_and_bad_toml(tmp_path):
         load_config(write(tmp_path, "[train\n"))
     with pytest.raises(ConfigError, match="missing.toml: no such file"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_a_key_in_the_wrong_section_of_a_file_names_its_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.toml: unknown key train.batch_size; it belongs in \[data\]"):
+        load_config(write(tmp_path, "[train]\nbatch_size = 64\n"))
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"metrics": ["accuracy", "mcc"]}, f"train.metrics: unknown metric 'mcc'; valid: {', '.join(METRIC_NAMES)}"),
+    ({"top_k": 1}, "train.top_k: top_k_accuracy needs top_k >= 2 (0: no top-k metric; top-1 is accuracy), got 1"),
+    ({"metrics": ["top_k_accuracy"]}, "train.top_k: top_k_accuracy needs top_k >= 2"),
+])
+def test_metrics_the_run_cannot_serve_fail_on_load(train, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as caught:
+        config_from_dict({"train": train}, source="train.toml")
+    assert "\n" not in str(caught.value)
+
+
+def test_metrics_as_fit_py_names_them_load():
+    config = config_from_dict({"train": {"metrics": ["ACC", "top_k_acc", "ce"], "top_k": 5}})
+    assert config.train.metrics == ("ACC", "top_k_acc", "ce") and config.train.top_k == 5
