@@ -16,7 +16,7 @@ import copy
 import dataclasses
 import logging
 import math
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
@@ -270,10 +270,16 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
     A failing actor stops them all; the stream then ends with RunFailed, and the error waits in
     `run.error` for `run.wait()` and the end of `open_run`, so subscribers see the whole story.
     """
-    with event_send:
+    with event_send, ExitStack() as actor_event_sends:
+        def actor_event_send() -> trio.MemorySendChannel:
+            # The bus ends once every clone is closed. An actor closes its own, but one that fails
+            # before it gets that far (or never starts) cannot, so they are all closed here as well,
+            # once every actor is done: else a failed run never ends.
+            return actor_event_sends.enter_context(event_send.clone())
+
         try:
             async with trio.open_nursery() as nursery:
-                fit_summary = await _start_actors(nursery, config, plan, loss, event_send)
+                fit_summary = await _start_actors(nursery, config, plan, loss, actor_event_send)
         except Exception as error:
             run.error = first_cause(error)
             await event_send.send(RunFailed(type(run.error).__name__, str(run.error)))
@@ -282,8 +288,9 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
 
 
 async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss: Callable,
-                        event_send: trio.MemorySendChannel) -> trio.MemoryReceiveChannel:
-    """Starts every training actor; returns where the fit loop's summary (RunFinished) will be.
+                        actor_event_send: Callable[[], trio.MemorySendChannel]) -> trio.MemoryReceiveChannel:
+    """Starts every training actor (each with its own `actor_event_send()`); returns where the fit
+    loop's summary (RunFinished) will be.
 
     The devices and the server are ready (replicas built, optimizer made) before the fit loop
     starts, so the first epoch's clock does not count their start-up.
@@ -300,12 +307,12 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
 
     output_send, output_receive = trio.open_memory_channel(data.prefetch + 2)
     nursery.start_soon(metrics, MetricSettings(train.metrics, train.top_k, data.batch_size, train.disp_batches,
-                                               plan.batches_per_epoch), output_receive, event_send.clone())
+                                               plan.batches_per_epoch), output_receive, actor_event_send())
     save_send = None
     if plan.writes_files:
         save_send, save_receive = trio.open_memory_channel(1)
         nursery.start_soon(checkpoint, CheckpointSettings(saving.model_prefix, saving.keep), save_receive,
-                           event_send.clone())
+                           actor_event_send())
 
     server_send = server_reply_receive = None
     if server:
@@ -346,7 +353,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
                            plan.begin_update, sum(p.numel() for p in plan.model.parameters()), plan.schedule,
                            plan.model_spec)
     channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
-                           server_reply_receive, output_send, save_send, event_send.clone())
+                           server_reply_receive, output_send, save_send, actor_event_send())
     summary_send, summary_receive = trio.open_memory_channel(1)
 
     async def fit_and_report() -> None:
