@@ -53,7 +53,7 @@ class SliceResult:
     index: int
     outputs: torch.Tensor | None = None  # probabilities, float32 on the CPU (what MXNet's metrics read)
     loss: float = 0.0  # summed over the real samples of the slice
-    gradients: list[torch.Tensor] | None = None  # summed over samples; only when a server does the update
+    gradients: list[torch.Tensor | None] | None = None  # summed over samples (None: frozen); only for a server
     state: dict | None = None  # snapshot: model state_dict (CPU copies) and updater state
 
 
@@ -116,7 +116,8 @@ class _Replica:
         if self.updater is not None:
             self.updater.step(work.scale)
             return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs, loss.item())
-        gradients = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        gradients = [None if not p.requires_grad else p.grad if p.grad is not None else torch.zeros_like(p)
+                     for p in self.parameters]
         return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs, loss.item(), gradients)
 
     @torch.no_grad()

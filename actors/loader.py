@@ -1,7 +1,8 @@
 """The loader actor: a `.rec` file in, shuffled, sharded, decoded and augmented batches out.
 
 Per epoch the shard's records are put in that epoch's order (a permutation seeded by the seed
-and the epoch only, so a resumed run replays it) and cut into batches as `last_batch` says.
+and the epoch only, so a resumed run replays it) and cut into batches as `last_batch` says (and,
+with `epoch_batches`, cut short or cycled through to that many batches).
 Each batch is one preallocated tensor; its slices go to `nthreads` worker threads that live as
 long as the loader, each of which decodes its records with a decoder that releases the GIL,
 straight into a uint8 NHWC buffer (the batch tensor itself for uint8 output), then jitters the
@@ -79,6 +80,7 @@ class LoaderSettings:
     num_parts: int = 1
     part_index: int = 0
     last_batch: str = "pad"
+    epoch_batches: int = 0  # 0: the batches `last_batch` cuts; else exactly this many an epoch (see _resized)
     layout: str = "float32_nchw"
     label_width: int = 1  # 1: as many labels as the records carry
     skip_bad_records: bool = False
@@ -308,6 +310,20 @@ def _plan_epoch(order_of: Callable[[int], np.ndarray], count: int, batch_size: i
     return batches
 
 
+def _resized(plan: list[tuple[np.ndarray, int]], batches: int, settings: LoaderSettings,
+             epoch: int) -> list[tuple[np.ndarray, int]]:
+    """fit.py's ResizeIter: exactly `batches` batches, so that every process of a dist job runs the same
+    number of updates (each update is an all_reduce they all take part in) whatever its shard holds.
+
+    A plan with more batches is cut short; one with fewer starts over from its first batch.
+    """
+    if not plan:
+        raise ConfigError(f"data.batch_size: shard {settings.part_index} of {settings.num_parts} has no batch "
+                          f"in epoch {epoch} (last_batch = {settings.last_batch!r}), but every process must "
+                          f"run {batches} an epoch", settings.path)
+    return [plan[index % len(plan)] for index in range(batches)]
+
+
 class _Job:
     """One batch: which records, its output array while slices fill it, then the Batch once `done` is set."""
 
@@ -360,6 +376,8 @@ async def _send_batches(records: _Records, settings: LoaderSettings, send_channe
         try:
             for epoch in range(begin_epoch, begin_epoch + num_epochs):
                 plan = _plan_epoch(order_of, len(shard), settings.batch_size, settings.last_batch, epoch)
+                if settings.epoch_batches:
+                    plan = _resized(plan, settings.epoch_batches, settings, epoch)
                 if not plan:  # nothing to build: the EpochEnd goes out once everything before it has
                     while pending:
                         await send_oldest()
@@ -574,7 +592,8 @@ async def _send_synthetic(settings: LoaderSettings, send_channel: trio.MemorySen
     """data.py's SyntheticDataIter: the same random batch over and over (a fresh copy each time)."""
     data, labels = await trio.to_thread.run_sync(_synthetic_batch, settings)
     size = settings.batch_size
-    batches = math.ceil(settings.num_examples / size) if settings.num_examples else SYNTHETIC_BATCHES
+    batches = settings.epoch_batches or (math.ceil(settings.num_examples / size) if settings.num_examples
+                                         else SYNTHETIC_BATCHES)
     for epoch in range(begin_epoch, begin_epoch + num_epochs):
         for index in range(batches):
             copy = await trio.to_thread.run_sync(data.copy)

@@ -34,7 +34,8 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class Update:
-    """The gradients of one step, one list per replica, each summed over that replica's samples."""
+    """The gradients of one step, one list per replica, each summed over that replica's samples
+    (None for a frozen parameter: requires_grad False on the replica)."""
 
     epoch: int
     index: int
@@ -61,20 +62,24 @@ class _Server:
     def __init__(self, settings: ServerSettings, initial_weights: list[torch.Tensor],
                  make_updater: Callable[[list[torch.Tensor]], Updater]):
         device = settings.master_device
-        self.weights = [w.detach().to(device, copy=True).requires_grad_(w.requires_grad) for w in initial_weights]
+        self.weights = [w.detach().to(device, copy=True) for w in initial_weights]
         self.updater = make_updater(self.weights)
         self.device = device
         self.distributed = settings.distributed
 
     def update(self, message: Update) -> Updated:
+        trainable = []
         for position, weight in enumerate(self.weights):
+            if message.gradients[0][position] is None:
+                continue  # frozen: no gradient, so torch's optimizers skip it, weight decay included
             total = message.gradients[0][position].to(self.device, copy=True)
             for replica_gradients in message.gradients[1:]:
                 total.add_(replica_gradients[position].to(self.device))
             weight.grad = total
+            trainable.append(weight)
         samples = message.samples
         if self.distributed:
-            samples = self._sum_over_processes([w.grad for w in self.weights], samples)
+            samples = self._sum_over_processes([w.grad for w in trainable], samples)
         self.updater.step(1.0 / samples)
         return Updated(self.updater.num_update, self.updater.lr, [w.detach() for w in self.weights])
 

@@ -6,7 +6,10 @@ Start every process with torchrun (or set RANK, WORLD_SIZE, MASTER_ADDR and MAST
 
 Each process reads its own shard of the training data (num_parts = world size, part_index =
 rank, as fit.py does), and the parameter servers of all processes sum their gradients with one
-all_reduce a step, so every process applies the same update to the same weights.
+all_reduce a step, so every process applies the same update to the same weights. Shards may
+differ by a record, and so in batches: as fit.py's ResizeIter, every process runs
+ceil(int(num_examples / world size) / batch_size) batches an epoch, its shard's batches cut short
+or started over.
 """
 
 from __future__ import annotations

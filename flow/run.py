@@ -183,6 +183,9 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         raise ConfigError("data.num_examples: the lr schedule counts in epochs, so custom data needs num_examples")
     else:
         epoch_size = 1  # a constant lr: the count never matters
+    if train_loader is not None and cluster.world_size > 1:
+        # fit.py's ResizeIter: shards may differ in batches, but every process must run every update.
+        train_loader = dataclasses.replace(train_loader, epoch_batches=epoch_size)
 
     begin_epoch, updater_state, model_state = saving.load_epoch, None, None
     if begin_epoch > train.num_epochs:

@@ -198,6 +198,25 @@ async def test_roll_over_carries_the_leftovers_into_the_next_epoch(tmp_path):
     assert by_epoch(resumed) == {1: by_epoch(messages)[1], 2: by_epoch(messages)[2]}
 
 
+async def test_epoch_batches_cut_a_longer_shard_short_and_cycle_a_shorter_one(tmp_path):
+    path = write_numbered(tmp_path / "n.rec", 33)  # two shards: 16 records (2 batches of 8) and 17 (3)
+    shard_0, shard_1 = (numbered(path, batch_size=8, num_parts=2, part_index=part) for part in (0, 1))
+    # fit.py's epoch size for 2 workers, ceil(int(33 / 2) / 8) = 2: shard 1's third batch (record 32
+    # and 7 pads) is left out of the epoch.
+    messages = await collect(dataclasses.replace(shard_1, epoch_batches=2))
+    assert by_epoch(messages) == {0: list(range(16, 32))} and messages[-1] == EpochEnd(0, 2, 16)
+    assert by_epoch(await collect(dataclasses.replace(shard_0, epoch_batches=2))) == {0: list(range(16))}
+    # Fewer batches than asked for: the epoch's batches again from its first, pads and all.
+    own = by_epoch(await collect(dataclasses.replace(shard_1, shuffle=True), num_epochs=2))
+    resized = dataclasses.replace(shard_1, shuffle=True, epoch_batches=5)
+    messages = await collect(resized, num_epochs=2)
+    assert by_epoch(messages) == {epoch: own[epoch] + own[epoch][:16] for epoch in (0, 1)}
+    assert [batch.pad for batch in batches(messages)] == [0, 0, 7, 0, 0] * 2
+    assert by_epoch(await collect(resized, begin_epoch=1)) == {1: by_epoch(messages)[1]}
+    with pytest.RaisesGroup(pytest.RaisesExc(ConfigError, match="shard 0 of 2 has no batch in epoch 0")):
+        await collect(dataclasses.replace(shard_0, batch_size=32, last_batch="discard", epoch_batches=1))
+
+
 # --------------------------------------------------------------------------- bad records and sizes
 
 
@@ -380,6 +399,8 @@ async def test_benchmark_mode_sends_fresh_synthetic_batches():
     assert all(torch.equal(batch.data, sent[0].data) for batch in sent)
     assert sent[0].data.shape == (16, 3, 8, 8) and -1 <= sent[0].data.min() and sent[0].data.max() <= 1
     assert sent[0].label.shape == (16,) and 0 <= sent[0].label.min() and sent[0].label.max() < 5
+    resized = batches(await collect(dataclasses.replace(settings, epoch_batches=2)))
+    assert len(resized) == 2
 
 
 # --------------------------------------------------------------------------- settings
