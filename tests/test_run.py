@@ -202,19 +202,24 @@ async def test_cancelling_the_callers_scope_mid_epoch_stops_promptly(tmp_path):
         return batches()
 
     at_cancel = None
+    saved = []  # the checkpoint actor saves beside training: epoch 2's may land after epoch 2's first batches
     nurseries_before = list(trio.lowlevel.current_task().child_nurseries)
     with trio.CancelScope() as scope:
         async with open_run(small_config(tmp_path, train={"num_epochs": 50}), train_data=counted_data) as run:
             async for event in run.events():
-                if isinstance(event, BatchEnd) and event.epoch == 2:
+                if isinstance(event, CheckpointSaved):
+                    saved.append(event.epoch)
+                if isinstance(event, BatchEnd) and event.epoch >= 2 and 2 in saved:
                     at_cancel = len(yielded)
                     scope.cancel()
     assert scope.cancelled_caught and at_cancel is not None
     # The loader is at most a few batches ahead (bounded channels); nothing runs after the scope ends.
     assert len(yielded) - at_cancel <= 4
-    assert checkpoints.saved_epochs(str(tmp_path / "model")) == [1, 2]
-    model_state, states = checkpoints.load_checkpoint(str(tmp_path / "model"), 2)
-    assert states["epoch"] == 2 and "fc1.weight" in model_state
+    on_disk = checkpoints.saved_epochs(str(tmp_path / "model"))
+    assert on_disk[:len(saved)] == saved == list(range(1, len(saved) + 1))
+    assert len(on_disk) <= len(saved) + 1  # at most the save under way when the scope was cancelled
+    model_state, states = checkpoints.load_checkpoint(str(tmp_path / "model"), on_disk[-1])
+    assert states["epoch"] == on_disk[-1] and "fc1.weight" in model_state
     assert not list(tmp_path.glob("*.tmp"))
     assert trio.lowlevel.current_task().child_nurseries == nurseries_before  # no task of the run left
     assert not threads_running_flow_code()
