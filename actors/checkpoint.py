@@ -6,15 +6,12 @@ channel into this actor is bounded, so a slow disk holds training back rather th
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import trio
 
 from flow import checkpoints
 from flow.events import CheckpointSaved
-
-log = logging.getLogger("flow")
 
 
 @dataclass(frozen=True)
@@ -38,9 +35,8 @@ async def checkpoint(settings: CheckpointSettings, save_channel: trio.MemoryRece
         async for save in save_channel:
             await trio.to_thread.run_sync(checkpoints.save_checkpoint, prefix, save.epoch, save.model_state,
                                           save.states, save.model_spec)
-            params = checkpoints.params_path(prefix, save.epoch)
-            log.info('Saved checkpoint to "%s"', params)
             if settings.keep:
                 for old_epoch in checkpoints.saved_epochs(prefix)[: -settings.keep]:
                     checkpoints.remove_checkpoint(prefix, old_epoch)
-            await event_channel.send(CheckpointSaved(save.epoch, str(params), str(checkpoints.states_path(prefix, save.epoch))))
+            await event_channel.send(CheckpointSaved(save.epoch, str(checkpoints.params_path(prefix, save.epoch)),
+                                                     str(checkpoints.states_path(prefix, save.epoch))))

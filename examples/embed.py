@@ -4,6 +4,9 @@
 
 This is how a service, a notebook or a hyper-parameter search drives flow: open a run, read its
 event stream, and stop it whenever we like (here: when validation accuracy is good enough).
+
+A run prints nothing of its own. For `flow run`'s MXNet log lines and progress bar, attach the
+console too: `nursery.start_soon(flow.log_run, run.events())` after `logging.basicConfig(level=logging.INFO)`.
 """
 
 from __future__ import annotations

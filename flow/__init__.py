@@ -30,6 +30,7 @@ _EXPORTS = {
     "train": "flow.run",
     "Run": "flow.run",
     "RunResult": "flow.run",
+    "log_run": "flow.console",
     "test_io": "flow.io_speed:measure",
     "read_events": "flow.event_log",
     "events": "flow.events",

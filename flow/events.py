@@ -17,6 +17,17 @@ class RunStarted:
     devices: list[str]
     kv_store: str
     num_parameters: int
+    batches_per_epoch: int  # 0 when unknown (custom data without data.num_examples)
+
+
+@dataclass(frozen=True)
+class NumExamplesBelowRecords:
+    """At start-up: data.num_examples is less than the training file's records, so the lr schedule's
+    epochs end mid-epoch, ahead of the epochs the log shows."""
+
+    num_examples: int
+    records: int
+    path: str
 
 
 @dataclass(frozen=True)
@@ -24,10 +35,11 @@ class BatchEnd:
     """Every `disp_batches` batches: Speedometer's figures since the last report (local metrics)."""
 
     epoch: int
-    batch: int  # batches done in this epoch
+    batch: int  # the batch just done, counting from 0 in its epoch
     samples_per_second: float
     metrics: list[tuple[str, float]]
     lr: float
+    since_batch: int  # the figures are since this batch: the last report's `batch` (0 for an epoch's first)
 
 
 @dataclass(frozen=True)
@@ -68,8 +80,8 @@ class RunFailed:
     message: str
 
 
-EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, BatchEnd, EpochEnd, Validation, CheckpointSaved,
-                                             RunFinished, RunFailed)}
+EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, BatchEnd, EpochEnd, Validation,
+                                             CheckpointSaved, RunFinished, RunFailed)}
 
 
 def event_to_dict(event) -> dict:

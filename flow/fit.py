@@ -36,6 +36,7 @@ class FitSettings:
     num_parameters: int
     schedule: object  # flow.lr_schedule schedule: a pure function of the update count
     model_spec: dict | None
+    batches_per_epoch: int  # for RunStarted (the console's progress bar); 0 when unknown
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ async def _fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
     loop = _Loop(settings, channels)
     start = time.perf_counter()
     await channels.events.send(RunStarted(settings.begin_epoch, settings.num_epochs, list(settings.devices),
-                                          settings.kv_store, settings.num_parameters))
+                                          settings.kv_store, settings.num_parameters, settings.batches_per_epoch))
     for epoch in range(settings.begin_epoch, settings.num_epochs):
         await loop.run_epoch("train", epoch)
         if channels.saves is not None and (epoch + 1) % settings.checkpoint_period == 0:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import logging
 import math
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from flow.config import Config
 from flow.distributed import Cluster, join
 from flow.errors import ConfigError, RecordIOError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
-from flow.events import CheckpointSaved, EpochEnd, RunFailed, RunFinished, Validation
+from flow.events import CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished, Validation
 from flow.fit import FitChannels, FitSettings, fit, steps_in_flight
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
@@ -152,6 +151,7 @@ class _Plan:
     batches_per_epoch: int  # 0: unknown (custom data)
     cluster: Cluster
     writes_files: bool  # checkpoints and the event log: one process writes them (rank 0)
+    warnings: list  # events published before training starts
     subscriptions: list[Subscription] = field(default_factory=list)
 
 
@@ -171,11 +171,9 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         if settings is not None and not settings.benchmark:
             _check_label_width(settings)
     records = _record_count(train_loader) if train_loader else 0
+    warnings = []
     if data.num_examples and data.num_examples < records and not data.benchmark and cluster.rank == 0:
-        logging.getLogger("flow").warning(
-            "data.num_examples (%d) is less than the %d records of %s: the lr schedule counts epochs of %d "
-            "examples, so its epochs end mid-epoch, ahead of the epochs the log shows",
-            data.num_examples, records, train_loader.path, data.num_examples)
+        warnings.append(NumExamplesBelowRecords(data.num_examples, records, train_loader.path))
     num_examples = data.num_examples or records
     if num_examples:
         epoch_size = updates_per_epoch(num_examples, data.batch_size, max(data.num_parts, cluster.world_size))
@@ -209,7 +207,7 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     begin_update = updater_state["num_update"] if updater_state else epoch_size * begin_epoch
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
                  train_data, val_data, epoch_size if num_examples else 0, cluster,
-                 writes_files=bool(saving.model_prefix) and cluster.rank == 0)
+                 writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings)
 
 
 def _check_label_width(settings: loader_actor.LoaderSettings) -> None:
@@ -268,7 +266,8 @@ def _built_model(config: Config) -> tuple[torch.nn.Module, dict | None]:
 
 async def _training(config: Config, plan: _Plan, loss: Callable, event_send: trio.MemorySendChannel,
                     run: Run) -> None:
-    """Runs the training actors; then, with every other event out, the summary as the last event.
+    """Publishes the plan's warnings, runs the training actors; then, with every other event out, the
+    summary as the last event.
 
     A failing actor stops them all; the stream then ends with RunFailed, and the error waits in
     `run.error` for `run.wait()` and the end of `open_run`, so subscribers see the whole story.
@@ -280,6 +279,8 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
             # once every actor is done: else a failed run never ends.
             return actor_event_sends.enter_context(event_send.clone())
 
+        for warning in plan.warnings:
+            await event_send.send(warning)
         try:
             async with trio.open_nursery() as nursery:
                 fit_summary = await _start_actors(nursery, config, plan, loss, actor_event_send)
@@ -309,8 +310,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         return updater
 
     output_send, output_receive = trio.open_memory_channel(data.prefetch + 2)
-    nursery.start_soon(metrics, MetricSettings(train.metrics, train.top_k, data.batch_size, train.disp_batches,
-                                               plan.batches_per_epoch), output_receive, actor_event_send())
+    nursery.start_soon(metrics, MetricSettings(train.metrics, train.top_k, data.batch_size, train.disp_batches),
+                       output_receive, actor_event_send())
     save_send = None
     if plan.writes_files:
         save_send, save_receive = trio.open_memory_channel(1)
@@ -354,7 +355,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
 
     settings = FitSettings(plan.begin_epoch, train.num_epochs, devices, train.kv_store, saving.period, train.seed,
                            plan.begin_update, sum(p.numel() for p in plan.model.parameters()), plan.schedule,
-                           plan.model_spec)
+                           plan.model_spec, plan.batches_per_epoch)
     channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
                            server_reply_receive, output_send, save_send, actor_event_send())
     summary_send, summary_receive = trio.open_memory_channel(1)

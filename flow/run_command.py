@@ -124,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     from flow import checkpoints
     from flow.config import load_config
     from flow.errors import FlowError
-    from flow.run import train
 
     overrides = list(args.set)
     config = load_config(args.config, overrides)
@@ -140,11 +139,21 @@ def run(args: argparse.Namespace) -> int:
     for line in argument_lines(config):
         logger.info("%s", line)
     try:
-        trio.run(train, config)
+        trio.run(train_with_console, config)
     finally:
         from flow.distributed import leave
         leave()
     return 0
+
+
+async def train_with_console(config) -> None:
+    """Runs `config` to the end with the console attached: MXNet's log lines, and a progress bar on a terminal."""
+    from flow.console import log_run
+    from flow.run import open_run
+
+    async with open_run(config) as run:
+        await log_run(run.events(policy="block"))  # "block": training waits for the console rather than lose a line
+        await run.wait()
 
 
 # Logged even at their defaults: what tells one run's log from another's.

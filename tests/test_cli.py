@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import flow.run
+import flow.run_command
 from flow.cli import build_parser, main
 from flow.config import load_config
 
@@ -111,7 +111,7 @@ def test_run_logs_its_arguments_one_short_line_per_section(tmp_path, monkeypatch
     async def no_training(config):
         pass
 
-    monkeypatch.setattr(flow.run, "train", no_training)
+    monkeypatch.setattr(flow.run_command, "train_with_console", no_training)
     assert main(["run", str(write_config(tmp_path)), "--num-epochs", "3", "--gpus", "0"]) == 0
     lines = capsys.readouterr().err.splitlines()
     start = next(i for i, line in enumerate(lines) if line.endswith(" start with arguments"))

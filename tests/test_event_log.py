@@ -22,7 +22,7 @@ def write_log(path, events):
 
 def test_round_trip_and_torn_last_event_is_ignored(tmp_path):
     path = tmp_path / "run-events.msgpack"
-    events = [BatchEnd(0, 20, 1000.0, [("accuracy", 0.5)], 0.1), EpochEnd(0, [("accuracy", 0.6)], 2.5, 640, 10)]
+    events = [BatchEnd(0, 20, 1000.0, [("accuracy", 0.5)], 0.1, 10), EpochEnd(0, [("accuracy", 0.6)], 2.5, 640, 10)]
     write_log(path, events)
     assert read_events(path) == events
     whole = path.read_bytes()

@@ -10,7 +10,9 @@ import torch
 from flow import checkpoints
 from flow.cli import main
 from flow.config import config_from_dict
+from flow.console import log_run
 from flow.errors import ConfigError
+from flow.events import NumExamplesBelowRecords, RunStarted
 from flow.run import open_run, train
 from tests.fixtures import MXNET_FIXTURES
 
@@ -128,23 +130,31 @@ def test_load_epoch_past_num_epochs_names_both_keys(tmp_path, capsys, flow_logge
 # --- data.num_examples against the file --------------------------------------------------------
 
 
-def count_warnings(caplog, text):
-    return sum(1 for record in caplog.records if record.name == "flow" and record.levelno == logging.WARNING
-               and text in record.getMessage())
+async def start_up_warnings(config, caplog) -> tuple[list, list[str]]:
+    """The warning events a run publishes before it trains (it is left at RunStarted), and the
+    console's warning lines for them."""
+    caplog.set_level(logging.INFO, logger="flow")
+    async with open_run(config) as run:
+        console_events = run.events()
+        events = []
+        async for event in run.events():
+            events.append(event)
+            if isinstance(event, RunStarted):
+                break
+    await log_run(console_events)  # the run is over: what it published, then the end
+    lines = [record.getMessage() for record in caplog.records
+             if record.name == "flow" and record.levelno == logging.WARNING]
+    return [event for event in events if isinstance(event, NumExamplesBelowRecords)], lines
 
 
 async def test_num_examples_below_the_record_count_warns_once(caplog):
-    caplog.set_level(logging.INFO, logger="flow")
-    async with open_run(records_config(data={"num_examples": 100}, train={"lr_step_epochs": [1]})):
-        pass
-    assert count_warnings(caplog, "data.num_examples") == 1
-    message = next(record.getMessage() for record in caplog.records if record.levelno == logging.WARNING)
-    assert "100" in message and "200 records" in message and "val.rec" in message and "lr schedule" in message
+    config = records_config(data={"num_examples": 100}, train={"lr_step_epochs": [1]})
+    warned, lines = await start_up_warnings(config, caplog)
+    assert warned == [NumExamplesBelowRecords(100, 200, str(MXNET_FIXTURES / "val.rec"))]
+    [line] = lines
+    assert "100" in line and "200 records" in line and "val.rec" in line and "lr schedule" in line
 
 
 @pytest.mark.parametrize("num_examples", [0, 200])
 async def test_num_examples_unset_or_equal_to_the_record_count_does_not_warn(caplog, num_examples):
-    caplog.set_level(logging.INFO, logger="flow")
-    async with open_run(records_config(data={"num_examples": num_examples})):
-        pass
-    assert count_warnings(caplog, "data.num_examples") == 0
+    assert await start_up_warnings(records_config(data={"num_examples": num_examples}), caplog) == ([], [])

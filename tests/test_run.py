@@ -12,6 +12,7 @@ import trio
 
 from flow import checkpoints
 from flow.config import config_from_dict
+from flow.console import log_run
 from flow.events import BatchEnd, CheckpointSaved, EpochEnd, RunFailed, RunFinished, RunStarted, Validation
 from flow.run import open_run, train
 from tests.fixtures import MXNET_FIXTURES, REPO_ROOT
@@ -137,15 +138,17 @@ async def test_events_in_order_with_checkpoints_and_validation(tmp_path):
     assert [event.epoch for event in epoch_ends] == [0, 1] and all(event.samples == 96 for event in epoch_ends)
     assert [event.epoch for event in events if isinstance(event, Validation)] == [0, 1]
     assert [event.epoch for event in events if isinstance(event, CheckpointSaved)] == [1, 2]
-    assert [event.batch for event in events if isinstance(event, BatchEnd)] == [2, 4, 2, 4]
+    assert [(event.since_batch, event.batch) for event in events if isinstance(event, BatchEnd)] == [(0, 2), (2, 4)] * 2
     assert checkpoints.saved_epochs(str(tmp_path / "model")) == [2]  # keep = 1
     assert result.updates == 12 and result.epochs == 2
     assert result.validation_metrics[0][0] == "accuracy"
 
 
-async def test_log_lines_parse_with_mxnet_parse_log(tmp_path, caplog):
+async def test_console_lines_parse_with_mxnet_parse_log(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="flow")
-    await train(small_config(tmp_path), train_data=synthetic_data(), val_data=synthetic_data(epoch_batches=2))
+    async with open_run(small_config(tmp_path), train_data=synthetic_data(),
+                        val_data=synthetic_data(epoch_batches=2)) as run:
+        await log_run(run.events())
     lines = [record.getMessage() for record in caplog.records if record.name == "flow"]
     train_re = re.compile(r".*Epoch\[(\d+)\] Train-accuracy.*=([.\d]+)")
     val_re = re.compile(r".*Epoch\[(\d+)\] Validation-accuracy.*=([.\d]+)")

@@ -1,0 +1,117 @@
+"""The checkpoint actor alone, driven through its channels: Saves in, files and CheckpointSaved out."""
+
+import threading
+
+import pytest
+import torch
+import trio
+import trio.testing
+
+from flow import checkpoints
+from flow.actors.checkpoint import CheckpointSettings, Save, checkpoint
+from flow.errors import FlowError
+from flow.events import CheckpointSaved
+
+
+def save(epoch):
+    return Save(epoch, {"weight": torch.full((2,), float(epoch))}, {"epoch": epoch, "num_update": 10 * epoch},
+                {"network": "mlp"})
+
+
+def saved(prefix, epoch):
+    return CheckpointSaved(epoch, f"{prefix}-{epoch:04d}.params", f"{prefix}-{epoch:04d}.states")
+
+
+async def run_actor(settings, saves):
+    """Every event the actor sends for `saves`, in order."""
+    save_send, save_receive = trio.open_memory_channel(len(saves))
+    event_send, event_receive = trio.open_memory_channel(len(saves))
+    for message in saves:
+        save_send.send_nowait(message)
+    save_send.close()
+    await checkpoint(settings, save_receive, event_send)
+    return [event async for event in event_receive]
+
+
+@pytest.fixture
+def gated_writes(monkeypatch):
+    """save_checkpoint waits for `gate` in its worker thread; `writing` is set once a write has begun."""
+    gate, writing = threading.Event(), threading.Event()
+    real_save = checkpoints.save_checkpoint
+
+    def gated(*args):
+        writing.set()
+        gate.wait(10)
+        real_save(*args)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", gated)
+    return gate, writing
+
+
+async def test_each_save_is_written_then_announced_in_order_keeping_the_newest(tmp_path):
+    prefix = str(tmp_path / "model")
+    events = await run_actor(CheckpointSettings(prefix, keep=2), [save(1), save(2), save(3)])
+    assert events == [saved(prefix, 1), saved(prefix, 2), saved(prefix, 3)]
+    assert checkpoints.saved_epochs(prefix) == [2, 3]
+    params, states = checkpoints.load_checkpoint(prefix, 3)
+    assert torch.equal(params["weight"], torch.full((2,), 3.0)) and states == {"epoch": 3, "num_update": 30}
+    assert checkpoints.load_model_spec(prefix) == {"network": "mlp"}
+
+
+async def test_keep_0_keeps_every_checkpoint(tmp_path):
+    prefix = str(tmp_path / "model")
+    await run_actor(CheckpointSettings(prefix, keep=0), [save(1), save(2), save(3)])
+    assert checkpoints.saved_epochs(prefix) == [1, 2, 3]
+
+
+async def test_a_slow_disk_holds_the_fit_loop_back(tmp_path, gated_writes):
+    gate, writing = gated_writes
+    prefix = str(tmp_path / "model")
+    save_send, save_receive = trio.open_memory_channel(1)  # as the composition root opens it
+    event_send, event_receive = trio.open_memory_channel(3)
+    with trio.fail_after(10):  # a wrong channel size would deadlock
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(checkpoint, CheckpointSettings(prefix, 0), save_receive, event_send)
+            await save_send.send(save(1))
+            await trio.to_thread.run_sync(writing.wait, 10)
+            save_send.send_nowait(save(2))  # waits in the channel while epoch 1 is written
+            with pytest.raises(trio.WouldBlock):  # and the next one must wait for the disk
+                save_send.send_nowait(save(3))
+            assert event_receive.statistics().current_buffer_used == 0  # nothing announced before it is on disk
+            gate.set()
+            await save_send.send(save(3))
+            save_send.close()
+    assert [event.epoch async for event in event_receive] == [1, 2, 3]
+    assert checkpoints.saved_epochs(prefix) == [1, 2, 3]
+
+
+async def test_a_failed_write_is_its_error_and_closes_its_channels(tmp_path, monkeypatch):
+    def disk_full(prefix, *args):
+        raise FlowError("no space left on device", prefix)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", disk_full)
+    save_send, save_receive = trio.open_memory_channel(1)
+    event_send, event_receive = trio.open_memory_channel(1)
+    save_send.send_nowait(save(1))
+    with pytest.raises(FlowError, match="no space left on device"):
+        await checkpoint(CheckpointSettings(str(tmp_path / "model"), 2), save_receive, event_send)
+    with pytest.raises(trio.BrokenResourceError):  # the fit loop learns it at its next save
+        save_send.send_nowait(save(2))
+    with pytest.raises(trio.EndOfChannel):  # nothing announced, and the bus ends
+        event_receive.receive_nowait()
+
+
+async def test_cancelled_mid_write_it_finishes_the_file_and_announces_nothing(tmp_path, gated_writes):
+    gate, writing = gated_writes
+    prefix = str(tmp_path / "model")
+    save_send, save_receive = trio.open_memory_channel(1)
+    event_send, event_receive = trio.open_memory_channel(1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(checkpoint, CheckpointSettings(prefix, 0), save_receive, event_send)
+        await save_send.send(save(1))
+        await trio.to_thread.run_sync(writing.wait, 10)
+        nursery.cancel_scope.cancel()
+        gate.set()  # the write in hand runs to its end: the worker thread is not abandoned
+    assert checkpoints.saved_epochs(prefix) == [1]
+    with pytest.raises(trio.EndOfChannel):
+        event_receive.receive_nowait()
+    with pytest.raises(trio.BrokenResourceError):
+        save_send.send_nowait(save(2))

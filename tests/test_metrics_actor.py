@@ -1,0 +1,115 @@
+"""The metric actor alone, driven through its channels: Outputs and SplitEnd in, events out."""
+
+import pytest
+import torch
+import trio
+import trio.testing
+
+from flow.actors.metrics import MetricSettings, Outputs, SplitEnd, metrics
+from flow.errors import ConfigError
+from flow.events import BatchEnd, EpochEnd, Validation
+
+SETTINGS = MetricSettings(metrics=("accuracy",), top_k=0, batch_size=4, disp_batches=2)
+
+
+def outputs(split, epoch, index, right, time=0.0, samples=4, lr=0.1):
+    """A batch of 4 rows over 2 classes, all labelled 0, whose first `right` rows predict 0."""
+    probabilities = torch.tensor([[0.9, 0.1] if row < right else [0.1, 0.9] for row in range(4)])
+    return Outputs(split, epoch, index, probabilities, torch.zeros(4), samples, time, lr)
+
+
+async def run_actor(messages, settings=SETTINGS):
+    """Every event the actor sends for `messages`, in order."""
+    output_send, output_receive = trio.open_memory_channel(len(messages))
+    event_send, event_receive = trio.open_memory_channel(100)
+    for message in messages:
+        output_send.send_nowait(message)
+    output_send.close()
+    await metrics(settings, output_receive, event_send)
+    return [event async for event in event_receive]
+
+
+async def test_speedometer_reports_then_epoch_end_then_validation():
+    # Right rows by batch: 4, 2, 0, 3, 1; one second a batch, from 10.0.
+    train = [outputs("train", 0, index, right, time=10.0 + index) for index, right in enumerate([4, 2, 0, 3, 1])]
+    events = await run_actor([
+        *train,
+        SplitEnd("train", 0, batches=5, samples=20, seconds=5.5),
+        outputs("val", 0, 0, 1), outputs("val", 0, 1, 2, samples=2),  # two pad rows, both wrong, count for nothing
+        SplitEnd("val", 0, batches=2, samples=6, seconds=0.0),
+    ])
+    assert events == [
+        # Batch 0 starts the clock; the first window holds batches 0-2 (6 of 12 right), as MXNet's.
+        BatchEnd(0, 2, 2 * 4 / 2.0, [("accuracy", 0.5)], 0.1, 0),
+        BatchEnd(0, 4, 2 * 4 / 2.0, [("accuracy", 0.5)], 0.1, 2),  # batches 3-4: 4 of 8
+        EpochEnd(0, [("accuracy", 0.5)], 5.5, 20, 5),  # 10 of 20
+        Validation(0, [("accuracy", 0.5)], 6),  # 1 + 2 of 6
+    ]
+
+
+async def test_each_epoch_starts_its_metrics_and_clock_afresh():
+    def epoch(number, right, start):
+        return [*(outputs("train", number, index, right, time=start + index) for index in range(3)),
+                SplitEnd("train", number, batches=3, samples=12, seconds=1.0)]
+
+    events = await run_actor([*epoch(0, 4, 0.0), *epoch(1, 0, 100.0)])
+    assert events == [BatchEnd(0, 2, 4.0, [("accuracy", 1.0)], 0.1, 0), EpochEnd(0, [("accuracy", 1.0)], 1.0, 12, 3),
+                      BatchEnd(1, 2, 4.0, [("accuracy", 0.0)], 0.1, 0), EpochEnd(1, [("accuracy", 0.0)], 1.0, 12, 3)]
+
+
+async def test_a_bus_that_does_not_take_events_holds_the_fit_loop_back():
+    output_send, output_receive = trio.open_memory_channel(1)
+    event_send, event_receive = trio.open_memory_channel(0)  # as the bus's: a send waits for the bus
+    with trio.fail_after(10):  # a wrong channel size would deadlock
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(metrics, SETTINGS, output_receive, event_send)
+            for index in range(3):
+                await output_send.send(outputs("train", 0, index, 4, time=float(index)))
+            await trio.testing.wait_all_tasks_blocked()  # the actor waits to hand over batch 2's report
+            output_send.send_nowait(outputs("train", 0, 3, 4))  # the channel's one place
+            with pytest.raises(trio.WouldBlock):
+                output_send.send_nowait(outputs("train", 0, 4, 4))
+            assert isinstance(await event_receive.receive(), BatchEnd)
+            await output_send.send(outputs("train", 0, 4, 4, time=4.0))  # taken: the actor goes on
+            output_send.close()
+            assert [event.batch async for event in event_receive] == [4]
+
+
+async def test_a_metric_it_cannot_make_is_its_error_and_closes_its_channels():
+    output_send, output_receive = trio.open_memory_channel(1)
+    event_send, event_receive = trio.open_memory_channel(1)
+    with pytest.raises(ConfigError, match="unknown metric 'mcc'"):
+        await metrics(MetricSettings(("mcc",), 0, 4, 2), output_receive, event_send)
+    with pytest.raises(trio.BrokenResourceError):  # the fit loop learns it at its next send
+        output_send.send_nowait(outputs("train", 0, 0, 4))
+    with pytest.raises(trio.EndOfChannel):  # and the bus ends
+        event_receive.receive_nowait()
+
+
+async def test_outputs_that_do_not_fit_the_labels_are_its_error_and_close_its_channels():
+    output_send, output_receive = trio.open_memory_channel(2)
+    event_send, event_receive = trio.open_memory_channel(1)
+    output_send.send_nowait(Outputs("train", 0, 0, torch.rand(3, 2), torch.zeros(4), 4, 0.0))
+    with pytest.raises(ValueError, match="4 labels but 3 predictions"):
+        await metrics(SETTINGS, output_receive, event_send)
+    with pytest.raises(trio.BrokenResourceError):
+        output_send.send_nowait(outputs("train", 0, 1, 4))
+    with pytest.raises(trio.EndOfChannel):
+        event_receive.receive_nowait()
+
+
+async def test_cancelled_while_waiting_on_the_bus_it_stops_and_closes_its_channels():
+    output_send, output_receive = trio.open_memory_channel(1)
+    event_send, event_receive = trio.open_memory_channel(0)
+    with trio.move_on_after(5) as deadline:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(metrics, SETTINGS, output_receive, event_send)
+            for index in range(3):
+                await output_send.send(outputs("train", 0, index, 4, time=float(index)))
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    assert not deadline.cancelled_caught
+    with pytest.raises(trio.EndOfChannel):
+        event_receive.receive_nowait()
+    with pytest.raises(trio.BrokenResourceError):
+        output_send.send_nowait(outputs("train", 0, 3, 4))
