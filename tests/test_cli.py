@@ -1,5 +1,6 @@
 """The `flow` command line: its help, fit.py's flags, and what `flow run` logs first."""
 
+import logging
 import os
 
 import pytest
@@ -108,6 +109,10 @@ def test_a_fit_py_flag_flow_lacks_names_the_set_to_use(tmp_path, capsys, argv, h
 
 
 def test_run_logs_its_arguments_one_short_line_per_section(tmp_path, monkeypatch, capsys):
+    logger = logging.getLogger("flow")  # `flow run` points it at this test's stderr: put it back afterwards
+    monkeypatch.setattr(logger, "handlers", logger.handlers[:])
+    monkeypatch.setattr(logger, "level", logger.level)
+    monkeypatch.setattr(logger, "propagate", logger.propagate)
     async def no_training(config):
         pass
 

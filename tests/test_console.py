@@ -4,6 +4,8 @@ import logging
 import re
 import warnings
 
+import pytest
+
 import flow
 from flow.config import config_from_dict
 from flow.console import log_run
@@ -40,6 +42,18 @@ LINES = [
     "Epoch[1] Train-cross-entropy=0.300000",
     "Epoch[1] Time cost=2.000",
 ]
+
+
+@pytest.fixture(autouse=True)
+def plain_flow_logger():
+    """The flow logger as a program that embeds flow finds it (`flow run` in an earlier test may have set it up)."""
+    logger = logging.getLogger("flow")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers[:], logger.propagate = [], True
+    logger.setLevel(logging.NOTSET)
+    yield
+    logger.handlers[:], logger.propagate = handlers, propagate
+    logger.setLevel(level)
 
 
 async def stream(events):
