@@ -17,7 +17,7 @@ class RunStarted:
     devices: list[str]
     kv_store: str
     num_parameters: int
-    batches_per_epoch: int  # 0 when unknown (custom data without data.num_examples)
+    batches_per_epoch: int = 0  # 0 when unknown (custom data without data.num_examples, or an older log)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,9 @@ class BatchEnd:
     samples_per_second: float
     metrics: list[tuple[str, float]]
     lr: float
-    since_batch: int  # the figures are since this batch: the last report's `batch` (0 for an epoch's first)
+    # The figures are since this batch: the last report's `batch` (0 for an epoch's first). The default
+    # keeps event logs written before this field readable.
+    since_batch: int = 0
 
 
 @dataclass(frozen=True)

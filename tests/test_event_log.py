@@ -30,6 +30,18 @@ def test_round_trip_and_torn_last_event_is_ignored(tmp_path):
     assert read_events(path) == events[:1]
 
 
+def test_logs_written_before_a_field_was_added_still_read(tmp_path):
+    path = tmp_path / "old-events.msgpack"
+    with open(path, "wb") as file:  # as flow wrote them before RunStarted.batches_per_epoch and BatchEnd.since_batch
+        file.write(msgpack.packb({"event": "RunStarted", "begin_epoch": 0, "num_epochs": 2, "devices": ["cpu"],
+                                  "kv_store": "local", "num_parameters": 10}))
+        file.write(msgpack.packb({"event": "BatchEnd", "epoch": 0, "batch": 20, "samples_per_second": 1000.0,
+                                  "metrics": [["accuracy", 0.5]], "lr": 0.1}))
+    started, batch_end = read_events(path)
+    assert started.num_epochs == 2 and started.batches_per_epoch == 0
+    assert batch_end.metrics == [("accuracy", 0.5)] and batch_end.since_batch == 0
+
+
 def test_garbage_names_the_offset(tmp_path):
     path = tmp_path / "bad.msgpack"
     whole_event = msgpack.packb({"event": "RunFinished", "epochs": 1, "updates": 2, "seconds": 3.0})
