@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import trio
@@ -64,7 +66,7 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
     val_metric = create_metric(settings.metrics, settings.top_k)
     window_start = 0.0
     bar = None
-    with output_channel, event_channel:  # sync close: an async one could let Cancelled hide our error
+    with output_channel, event_channel, _closing(lambda: bar):  # sync close: an async one could let Cancelled hide our error
         async for message in output_channel:
             if isinstance(message, Outputs):
                 metric = train_metric if message.split == "train" else val_metric
@@ -105,8 +107,17 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
                     _write(None, validation_line(message.epoch, name, value))
                 val_metric.reset()
                 await event_channel.send(Validation(message.epoch, name_values, message.samples))
-    if bar is not None:
-        bar.close()
+
+
+@contextmanager
+def _closing(current_bar: Callable[[], tqdm | None]) -> Iterator[None]:
+    """Closes the bar still open when the block ends, cancelled too: else an interrupted run's bar
+    stays on the terminal with the next line ("flow run: interrupted") written after it."""
+    try:
+        yield
+    finally:
+        if (bar := current_bar()) is not None:
+            bar.close()
 
 
 def _show_progress(progress: bool | None) -> bool:

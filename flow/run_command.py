@@ -34,12 +34,15 @@ def configure_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import trio
+    from flow.cli import interrupts_deferred
 
-    from flow import checkpoints
-    from flow.config import load_config
-    from flow.errors import FlowError
-    from flow.run import train
+    with interrupts_deferred():  # torch imports here: Ctrl-C must not land inside its C++ initialization
+        import trio
+
+        from flow import checkpoints
+        from flow.config import load_config
+        from flow.errors import FlowError
+        from flow.run import train
 
     overrides = list(args.set)
     config = load_config(args.config, overrides)
@@ -52,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
     configure_logging()
     logging.getLogger("flow").info("start with arguments %s", config)  # fit.py's first line
     try:
-        trio.run(train, config)
+        # Ctrl-C arrives as KeyboardInterrupt at a checkpoint of the main task, never in the middle of
+        # synchronous code (an actor's cleanup, say, which must end its worker threads before the
+        # run can wait for them), and the cancellation that follows runs every cleanup whole.
+        trio.run(train, config, restrict_keyboard_interrupt_to_checkpoints=True)
     finally:
         from flow.distributed import leave
         leave()
