@@ -2,7 +2,8 @@
 and optionally `unknown_option_hint(option, value)` to say what to type instead of an option it lacks.
 
 Bad input raises `FlowError`; here it becomes one line on stderr and exit status 1
-(the full traceback only with `--debug`). The help users see is SUMMARY, COMMON_COMMANDS and READ_MORE.
+(the full traceback only with `--debug`). Ctrl-C (SIGINT) becomes "flow COMMAND: interrupted"
+and exit status 130. The help users see is SUMMARY, COMMON_COMMANDS and READ_MORE.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 from flow.errors import FlowError
 
@@ -74,6 +79,29 @@ class CommandParser(argparse.ArgumentParser):
         return namespace, extras
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A SIGINT during the block raises KeyboardInterrupt only when the block has finished.
+
+    For imports: a KeyboardInterrupt raised in the Python code that torch's C++ initialization
+    calls (its module imports, from torch._C._c10d_init and others) cannot unwind through that C++
+    and aborts the process ("terminate called after throwing an instance of 'python_error'", exit
+    134); one raised where an import ignores exceptions is lost, and the run goes on.
+    """
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield  # signals reach only the main thread; a SIGINT handler of the caller's own (or SIG_IGN) stays
+        return
+    received = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = FlowParser(prog="flow", description=COMMON_COMMANDS, epilog=READ_MORE,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        with interrupts_deferred():  # the commands' modules import: an interrupt meanwhile is the command's
+            args = build_parser().parse_args(argv)
         return args.run(args) or 0
     except FlowError as error:
         if args.debug:
@@ -105,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        # On the way out now: a second Ctrl-C would turn this line into a traceback or, once the
+        # interpreter shuts down (torch's teardown takes a while), kill the process by SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if args.debug:
             raise
         print(f"flow {args.command}: interrupted", file=sys.stderr)

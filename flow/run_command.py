@@ -119,11 +119,16 @@ def configure_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import trio
+    from flow.cli import interrupts_deferred
 
-    from flow import checkpoints
-    from flow.config import load_config
-    from flow.errors import FlowError
+    with interrupts_deferred():  # torch imports here: Ctrl-C must not land inside its C++ initialization
+        import trio
+
+        from flow import checkpoints
+        from flow.config import load_config
+        from flow.errors import FlowError
+        import flow.console  # noqa: F401 (train_with_console's imports: here, so that Ctrl-C waits for them too)
+        import flow.run  # noqa: F401
 
     overrides = list(args.set)
     config = load_config(args.config, overrides)
@@ -139,7 +144,10 @@ def run(args: argparse.Namespace) -> int:
     for line in argument_lines(config):
         logger.info("%s", line)
     try:
-        trio.run(train_with_console, config)
+        # Ctrl-C arrives as KeyboardInterrupt at a checkpoint of the main task, never in the middle of
+        # synchronous code (an actor's cleanup, say, which must end its worker threads before the
+        # run can wait for them), and the cancellation that follows runs every cleanup whole.
+        trio.run(train_with_console, config, restrict_keyboard_interrupt_to_checkpoints=True)
     finally:
         from flow.distributed import leave
         leave()
