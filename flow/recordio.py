@@ -6,8 +6,10 @@ at a 4-byte aligned offset is split there into parts (cflag 1 first, 2 middle, 3
 magic dropped; the reader puts it back. The `.idx` is text: ``key<TAB>offset`` per record.
 
 Reading goes through a memory map, so a batch of records is one call of slicing, and random
-access through the index costs no seek. Writers write to temporary names and rename on close,
-`.idx` last, so an interrupted write never leaves an index pointing at bytes that are not there.
+access through the index costs no seek. `read_record_table` reads where every image record is and
+what its IRHeader says once, with vectorized numpy, into plain arrays. Writers write to temporary
+names and rename on close, `.idx` last, so an interrupted write never leaves an index pointing at
+bytes that are not there.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
 from flow.atomic import replace_durably, temporary_path
-from flow.errors import RecordIOError
+from flow.errors import FlowError, RecordIOError
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -378,3 +381,114 @@ def unpack_img(record: bytes) -> tuple[IRHeader, np.ndarray]:
 
     header, payload = unpack(record)
     return header, decode(payload)
+
+
+# --------------------------------------------------------------------------- the record table
+
+
+@dataclass(frozen=True, eq=False)
+class RecordTable:
+    """Where each image record of a `.rec` is and what its IRHeader says: arrays by position in the
+    `.idx` (in the file, without one). Records whose header cannot be read are in `problems`, not
+    raised: whether to skip them or stop is the reader's call.
+    """
+
+    path: Path
+    keys: np.ndarray  # int64: the .idx keys (positions, without an .idx)
+    offsets: np.ndarray  # int64: where each record's first part starts
+    flags: np.ndarray  # int64: IRHeader flag: N labels follow the header; 0: one label, in it
+    labels: np.ndarray  # float32: every record's labels, one record after another
+    label_starts: np.ndarray  # int64, one more than records: record i's are labels[label_starts[i]:label_starts[i + 1]]
+    image_start: np.ndarray  # int64: record i's image is the file's bytes image_start[i]:image_end[i],
+    image_end: np.ndarray  # or joined[i] where image_start[i] is -1
+    joined: dict[int, bytes]  # the images of records in several parts (their bytes hold the magic; rare)
+    problems: dict[int, str]  # position: what is wrong with its record (it has no labels)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def label_rows(self, width: int) -> np.ndarray:
+        """(records, width) float32: the labels of each record that has `width` of them; zeros for the others."""
+        starts = self.label_starts[:-1]
+        fits = self.label_starts[1:] - starts == width
+        if fits.all():  # the usual file: its labels are the rows already
+            return self.labels.reshape(len(self), width).copy()
+        rows = np.zeros((len(self), width), dtype=np.float32)
+        rows[fits] = self.labels[starts[fits, None] + np.arange(width)]
+        return rows
+
+    def record_error(self, position: int, message: str, kind: type[FlowError] = RecordIOError) -> FlowError:
+        """An error about the record at `position`, naming its key, position and byte offset."""
+        return kind(f"record {self.keys[position]} (#{position} in the file): {message}", self.path,
+                    int(self.offsets[position]))
+
+
+def read_record_table(path: str | os.PathLike, index_path: str | os.PathLike | None = None) -> RecordTable:
+    """The table of the image records of `path`, through `index_path` (None: the `.idx` beside it,
+    or a scan of the file when there is none). A bad `.idx` or file is an error here."""
+    if index_path is not None and not Path(index_path).exists():
+        raise RecordIOError("no such file", index_path)
+    with IndexedRecordReader(path, index_path) as reader:
+        return _read_headers(reader)
+
+
+def _read_headers(reader: IndexedRecordReader) -> RecordTable:
+    """Every record's part header and IRHeader at once, with numpy, from the reader's memory map."""
+    size = reader.size
+    data = np.frombuffer(reader._data, dtype=np.uint8) if size else np.zeros(8, dtype=np.uint8)
+    offsets = reader.offsets
+    problems: dict[int, str] = {}
+    start = offsets + 8
+    lrec = _u32(data, offsets + 4)
+    length = (lrec & _LENGTH_MASK).astype(np.int64)
+    whole = (lrec >> 29) == 0
+    end = start + length
+    truncated = whole & (end > size)
+    short = whole & ~truncated & (length < IR_HEADER_SIZE)
+    readable = whole & ~truncated & ~short
+    flag = np.where(readable, _u32(data, np.where(readable, start, 0)), 0).astype(np.int64)
+    image_start = np.where(readable, start + IR_HEADER_SIZE + 4 * flag, -1)
+    overflow = readable & (image_start > end)
+    for position in np.flatnonzero(truncated).tolist():
+        problems[position] = (f"truncated record: header says {length[position]} bytes, "
+                              f"{size - start[position]} left in the file")
+    for position in np.flatnonzero(short).tolist():
+        problems[position] = f"record of {length[position]} bytes is too short for an image record header"
+    for position in np.flatnonzero(overflow).tolist():
+        problems[position] = f"header says {flag[position]} labels but the record has {length[position]} bytes"
+
+    # Records in several parts: joined once, their header taken from the joined bytes.
+    joined: dict[int, bytes] = {}
+    joined_labels: dict[int, np.ndarray] = {}
+    for position in np.flatnonzero(~whole).tolist():
+        try:
+            header, image = unpack(reader.read_at(int(offsets[position]))[0])
+        except RecordIOError as error:
+            problems[position] = error.message
+            continue
+        joined[position] = image
+        joined_labels[position] = np.atleast_1d(np.asarray(header.label, dtype=np.float32))
+        flag[position] = header.flag
+
+    # Labels: the header's float when flag is 0, else the floats after the header.
+    good = np.ones(len(offsets), dtype=bool)
+    good[list(problems)] = False
+    counts = np.where(good, np.maximum(flag, 1), 0)
+    label_starts = np.zeros(len(offsets) + 1, dtype=np.int64)
+    np.cumsum(counts, out=label_starts[1:])
+    label_at = np.where(good & whole, start + np.where(flag == 0, 4, IR_HEADER_SIZE), 0)
+    if not (counts == 1).all():  # else (one label a record, the usual file) label_at is already one per label
+        # Label j of record i is at label_at[i] + 4 j in the file, and at label_starts[i] + j in `labels`.
+        label_at = np.repeat(label_at - 4 * label_starts[:-1], counts) + 4 * np.arange(label_starts[-1])
+    labels = _f32(data, label_at)
+    for position, values in joined_labels.items():
+        labels[label_starts[position]:label_starts[position + 1]] = values
+    return RecordTable(reader.path, reader.keys, offsets, flag, labels, label_starts, image_start, end, joined, problems)
+
+
+def _u32(data: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return data[np.asarray(at)[..., None] + np.arange(4)].view("<u4")[..., 0]
+
+
+def _f32(data: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return data[np.asarray(at)[..., None] + np.arange(4)].view("<f4")[..., 0]

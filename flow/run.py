@@ -33,13 +33,13 @@ from flow.actors.param_server import ServerSettings, param_server
 from flow import checkpoints, models
 from flow.config import Config
 from flow.distributed import Cluster, join
-from flow.errors import ConfigError, RecordIOError, first_cause, unwrapped_errors
+from flow.errors import ConfigError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished, Validation
 from flow.fit import FitChannels, FitSettings, fit, steps_in_flight
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
-from flow.recordio import IndexedRecordReader, RecordReader, unpack
+from flow.recordio import RecordTable
 from flow.seeding import derive_seed
 
 
@@ -146,6 +146,8 @@ class _Plan:
     schedule: object
     train_loader: loader_actor.LoaderSettings | None  # None: the caller's train_data
     val_loader: loader_actor.LoaderSettings | None
+    train_records: RecordTable | None  # the loaders' record tables, read once here (None: no records to read)
+    val_records: RecordTable | None
     train_data: object
     val_data: object
     batches_per_epoch: int  # 0: unknown (custom data)
@@ -167,10 +169,12 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
             train_loader = dataclasses.replace(train_loader, num_parts=cluster.world_size, part_index=cluster.rank)
         if data.data_val and val_data is None:
             val_loader = loader_actor.LoaderSettings.from_config(data, "val", train.seed)
-    for settings in (train_loader, val_loader):
-        if settings is not None and not settings.benchmark:
-            _check_label_width(settings)
-    records = _record_count(train_loader) if train_loader else 0
+    train_records = loader_actor.record_table(train_loader) if train_loader else None
+    val_records = loader_actor.record_table(val_loader) if val_loader else None
+    for settings, table in ((train_loader, train_records), (val_loader, val_records)):
+        if table is not None:
+            _check_label_width(settings, table)
+    records = _record_count(train_loader, train_records) if train_loader else 0
     warnings = []
     if data.num_examples and data.num_examples < records and not data.benchmark and cluster.rank == 0:
         warnings.append(NumExamplesBelowRecords(data.num_examples, records, train_loader.path))
@@ -206,36 +210,30 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         warmup_steps=math.ceil(train.warmup_epochs * epoch_size), warmup_begin_lr=train.warmup_begin_lr)
     begin_update = updater_state["num_update"] if updater_state else epoch_size * begin_epoch
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
-                 train_data, val_data, epoch_size if num_examples else 0, cluster,
+                 train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
                  writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings)
 
 
-def _check_label_width(settings: loader_actor.LoaderSettings) -> None:
+def _check_label_width(settings: loader_actor.LoaderSettings, table: RecordTable) -> None:
     """As MXNet at load time: records with another number of labels than data.label_width are refused.
 
     Records of one file carry the same number (the loader checks them all), so the first one's
     header says it: flag N is N labels, flag 0 one.
     """
-    with RecordReader(settings.path) as reader:
-        if not reader.size:
-            return
-        try:
-            header, _ = unpack(reader.read_at(0)[0])
-        except RecordIOError:
-            return  # a bad first record: the loader names it (or skips it, with data.skip_bad_records)
-    labels = max(header.flag, 1)
+    if not len(table) or 0 in table.problems:
+        return  # no records, or a bad first one: the loader names it (or skips it, with data.skip_bad_records)
+    labels = max(int(table.flags[0]), 1)
     if labels != settings.label_width:
         raise ConfigError(f"data.label_width: the records of {settings.path} carry {labels} labels, but "
                           f"data.label_width is {settings.label_width}; set it to {labels}, with a loss "
                           f"that takes {labels} labels")
 
 
-def _record_count(settings: loader_actor.LoaderSettings) -> int:
+def _record_count(settings: loader_actor.LoaderSettings, table: RecordTable | None) -> int:
     """Records an epoch reads (fit.py's num_examples when not given), over all shards."""
-    if settings.benchmark:
+    if table is None:  # benchmark: synthetic batches
         return loader_actor.SYNTHETIC_BATCHES * settings.batch_size
-    with IndexedRecordReader(settings.path, settings.index_path or None) as reader:
-        return len(reader)
+    return len(table)
 
 
 def _model(config: Config, model: torch.nn.Module | None) -> tuple[torch.nn.Module, dict | None]:
@@ -342,14 +340,16 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     epochs = train.num_epochs - plan.begin_epoch
     train_send, train_receive = trio.open_memory_channel(0)
     if plan.train_loader is not None:
-        nursery.start_soon(loader_actor.loader, plan.train_loader, train_send, plan.begin_epoch, epochs)
+        nursery.start_soon(loader_actor.loader, plan.train_loader, plan.train_records, train_send,
+                           plan.begin_epoch, epochs)
     else:
         nursery.start_soon(feed, plan.train_data, train_send, plan.begin_epoch, epochs)
     val_receive = None
     if plan.val_loader is not None or plan.val_data is not None:
         val_send, val_receive = trio.open_memory_channel(0)
         if plan.val_loader is not None:
-            nursery.start_soon(loader_actor.loader, plan.val_loader, val_send, plan.begin_epoch, epochs)
+            nursery.start_soon(loader_actor.loader, plan.val_loader, plan.val_records, val_send,
+                               plan.begin_epoch, epochs)
         else:
             nursery.start_soon(feed, plan.val_data, val_send, plan.begin_epoch, epochs)
 

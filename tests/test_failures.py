@@ -22,6 +22,7 @@ import flow.actors.compute
 import flow.actors.feed
 import flow.actors.loader
 import flow.actors.param_server
+import flow.batch_builder
 import flow.checkpoints
 import flow.config
 import flow.event_log
@@ -101,7 +102,7 @@ ACTORS = {
 
 # What each actor calls that fails mid-run, and after how many calls (a few batches into the run).
 MID_RUN = {
-    "loader": (flow.actors.loader._Builder, "fill_slice", 12),  # 2 slices a batch, in the worker threads
+    "loader": (flow.batch_builder.BatchBuilder, "fill_slice", 12),  # 2 slices a batch, in the worker threads
     "feed": (flow.actors.feed, "_as_batch", 5),
     "compute": (flow.actors.compute._Replica, "train_step", 6),  # in the replica's thread
     "param_server": (flow.actors.param_server._Server, "update", 4),  # in the server's thread

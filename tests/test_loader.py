@@ -11,7 +11,7 @@ import torch
 import trio
 
 from flow.actors import loader as loader_module
-from flow.actors.loader import Batch, EpochEnd, LoaderSettings, loader
+from flow.actors.loader import Batch, EpochEnd, LoaderSettings, loader, record_table
 from flow.augment import AugmentSettings
 from flow.config import config_from_dict
 from flow.errors import ConfigError, ImageError, RecordIOError
@@ -54,7 +54,7 @@ def numbers_of(batch):
 async def collect(settings, begin_epoch=0, num_epochs=1):
     send_channel, receive_channel = trio.open_memory_channel(0)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(loader, settings, send_channel, begin_epoch, num_epochs)
+        nursery.start_soon(loader, settings, record_table(settings), send_channel, begin_epoch, num_epochs)
         async with receive_channel:
             return [message async for message in receive_channel]
 
@@ -136,16 +136,6 @@ async def test_multi_label_records_give_a_label_row_per_sample():
 # --------------------------------------------------------------------------- order, shards, last batch
 
 
-async def test_shards_together_deliver_every_record_exactly_once(tmp_path):
-    path = write_numbered(tmp_path / "n.rec", 103)
-    seen = []
-    for part in range(3):
-        epochs = by_epoch(await collect(numbered(path, shuffle=True, num_parts=3, part_index=part)))
-        assert len(epochs[0]) in (34, 35)
-        seen += epochs[0]
-    assert sorted(seen) == list(range(103))
-
-
 async def test_shuffle_differs_by_epoch_repeats_by_seed_and_replays_on_resume(tmp_path):
     path = write_numbered(tmp_path / "n.rec", 64)
     settings = numbered(path, shuffle=True, seed=3)
@@ -172,13 +162,6 @@ async def test_pad_fills_the_last_batch_from_the_start_of_the_epoch(tmp_path):
     tiny = batches(await collect(numbered(write_numbered(tmp_path / "tiny.rec", 5))))
     assert len(tiny) == 1 and tiny[0].pad == 11
     assert tiny[0].label.tolist() == [0, 1, 2, 3, 4] * 3 + [0]
-
-
-async def test_discard_drops_the_short_batch(tmp_path):
-    messages = await collect(numbered(write_numbered(tmp_path / "n.rec", 50), last_batch="discard"), num_epochs=2)
-    assert [batch.pad for batch in batches(messages)] == [0] * 6
-    assert [message for message in messages if isinstance(message, EpochEnd)] == [EpochEnd(0, 3, 48),
-                                                                                   EpochEnd(1, 3, 48)]
 
 
 async def test_roll_over_carries_the_leftovers_into_the_next_epoch(tmp_path):
@@ -291,7 +274,7 @@ async def test_a_held_batch_is_never_refilled_and_dropped_ones_are_reused(tmp_pa
     settings = numbered(write_numbered(tmp_path / "n.rec", 160), batch_size=8, prefetch=2)
     send_channel, receive_channel = trio.open_memory_channel(0)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(loader, settings, send_channel, 0, 2)
+        nursery.start_soon(loader, settings, record_table(settings), send_channel, 0, 2)
         held = await receive_channel.receive()
         view = held.data[2:4]  # a view keeps the memory the consumer's too
         held_numbers, held_label, held_address = numbers_of(held), held.label.clone(), held.data.data_ptr()
@@ -312,7 +295,7 @@ async def test_cancelled_mid_epoch_its_worker_threads_end_with_it(tmp_path):
     send_channel, receive_channel = trio.open_memory_channel(0)
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(loader, settings, send_channel, 0, 5)
+            nursery.start_soon(loader, settings, record_table(settings), send_channel, 0, 5)
             for _ in range(3):
                 await receive_channel.receive()
             assert threads_running_flow_code()  # the workers (the OS may not have started all three yet)
@@ -351,7 +334,7 @@ def run_threads_inline(monkeypatch, slice_seconds=0.0):
         def stop(self):
             self.nursery.cancel_scope.cancel()
 
-    monkeypatch.setattr(loader_module, "_Workers", InlineWorkers)
+    monkeypatch.setattr(loader_module, "DecodeWorkers", InlineWorkers)
     return slices
 
 
@@ -360,7 +343,7 @@ async def test_a_stalled_consumer_holds_the_loader_at_prefetch_batches(tmp_path,
     settings = numbered(write_numbered(tmp_path / "n.rec", 160), batch_size=8, prefetch=3)
     send_channel, receive_channel = trio.open_memory_channel(0)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(loader, settings, send_channel, 0, 1)
+        nursery.start_soon(loader, settings, record_table(settings), send_channel, 0, 1)
         await receive_channel.receive()
         built = []
         for _ in range(3):  # the consumer stops reading; time passes
@@ -377,7 +360,7 @@ async def test_decoding_overlaps_a_slow_consumer(tmp_path, monkeypatch, autojump
     send_channel, receive_channel = trio.open_memory_channel(0)
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(loader, settings, send_channel, 0, 1)
+        nursery.start_soon(loader, settings, record_table(settings), send_channel, 0, 1)
         async for message in receive_channel:
             if isinstance(message, EpochEnd):
                 break
@@ -428,11 +411,3 @@ def test_settings_from_config_train_and_val():
     with pytest.raises(ConfigError, match="3 channels"):
         LoaderSettings.from_config(config_from_dict({"data": {"data_train": "/t.rec", "image_shape": "1,28,28"}}).data,
                                    "train", seed=0)
-
-
-async def test_missing_files_are_record_errors(tmp_path):
-    with pytest.RaisesGroup(pytest.RaisesExc(RecordIOError, match="no such file")):
-        await collect(numbered(tmp_path / "absent.rec"))
-    path = write_numbered(tmp_path / "n.rec", 4)
-    with pytest.RaisesGroup(pytest.RaisesExc(RecordIOError, match="absent.idx: no such file")):
-        await collect(numbered(path, index_path=str(tmp_path / "absent.idx")))

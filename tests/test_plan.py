@@ -3,6 +3,7 @@ load time, and settings that would otherwise train something else than the user 
 
 import logging
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +12,9 @@ from flow import checkpoints
 from flow.cli import main
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.errors import ConfigError
+from flow.errors import ConfigError, RecordIOError
 from flow.events import NumExamplesBelowRecords, RunStarted
+from flow.recordio import RecordReader
 from flow.run import open_run, train
 from tests.fixtures import MXNET_FIXTURES
 
@@ -57,6 +59,28 @@ async def test_label_width_that_matches_the_records_starts(tmp_path):
     config = records_config(data={"data_train": str(MXNET_FIXTURES / "multilabel.rec"), "label_width": 3})
     async with open_run(config):  # the plan is made on entry; leaving at once trains nothing
         pass
+
+
+# --- the record files: read once, before training ----------------------------------------------
+
+
+async def test_each_record_file_is_read_once_and_a_bad_one_fails_before_training(monkeypatch, tmp_path):
+    opened = []
+    open_reader = RecordReader.__init__
+
+    def counting(reader, path):
+        opened.append(Path(path).name)
+        open_reader(reader, path)
+
+    monkeypatch.setattr(RecordReader, "__init__", counting)
+    await train(records_config(data={"data_val": str(MXNET_FIXTURES / "resized.rec")}))
+    assert sorted(opened) == ["resized.rec", "val.rec"]  # the plan's tables; the loaders take them
+    (tmp_path / "val.rec").write_bytes((MXNET_FIXTURES / "val.rec").read_bytes()[:5000])
+    bad_index = records_config(data={"data_val": str(tmp_path / "val.rec"),
+                                     "data_val_idx": str(MXNET_FIXTURES / "val.idx")})
+    with pytest.raises(RecordIOError, match=r"val\.rec: at byte \d+: .*val\.idx line \d+ points past the end"):
+        async with open_run(bad_index):  # the plan is made on entry
+            pytest.fail("the run started")
 
 
 # --- data.layout = "uint8_nhwc" ----------------------------------------------------------------

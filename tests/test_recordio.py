@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flow.errors import RecordIOError
+from flow.errors import ImageError, RecordIOError
 from flow.recordio import (
     MAGIC_BYTES,
     IndexedRecordReader,
@@ -18,6 +18,7 @@ from flow.recordio import (
     pack,
     pack_img,
     read_index,
+    read_record_table,
     unpack,
     unpack_img,
 )
@@ -279,3 +280,93 @@ def test_writer_replaces_files_only_on_close(tmp_path):
     writer.close()
     with IndexedRecordReader(path) as reader:
         assert reader.read_positions([0]) == [b"payload"]
+
+
+# --------------------------------------------------------------------------- the record table
+
+
+def records_as_unpack_reads_them(path):
+    """[(flag, labels, image bytes)] of every record, one at a time through the reader."""
+    with IndexedRecordReader(path) as reader:
+        return [(header.flag, np.atleast_1d(np.float32(header.label)).tolist(), image)
+                for header, image in map(unpack, reader.read_positions(range(len(reader))))]
+
+
+def records_in(table):
+    """[(flag, labels, image bytes)] of every record, as the table says."""
+    data = table.path.read_bytes()
+    return [(int(table.flags[position]),
+             table.labels[table.label_starts[position]:table.label_starts[position + 1]].tolist(),
+             data[table.image_start[position]:table.image_end[position]] if table.image_start[position] >= 0
+             else table.joined[position])
+            for position in range(len(table))]
+
+
+@pytest.mark.parametrize("name", ["train", "multilabel", "resized"])
+def test_table_holds_what_each_records_header_says_and_where_its_image_is(name):
+    table = read_record_table(MXNET_FIXTURES / f"{name}.rec")
+    with IndexedRecordReader(MXNET_FIXTURES / f"{name}.rec") as reader:
+        assert table.keys.tolist() == reader.keys.tolist() and table.offsets.tolist() == reader.offsets.tolist()
+    assert records_in(table) == records_as_unpack_reads_them(table.path)
+    assert not table.problems and not table.joined
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.floats(width=32, allow_nan=False), max_size=4),
+                          st.binary(max_size=24) | st.just(MAGIC_BYTES * 2)), max_size=8),
+       st.booleans())
+def test_table_reads_any_image_records_as_unpack_does(tmp_path_factory, records, indexed):
+    path = tmp_path_factory.mktemp("table") / "data.rec"
+    with RecordWriter(path, index=indexed) as writer:
+        for labels, image in records:
+            # 0 labels: one in the header. The id puts the magic at an aligned offset: the record in parts.
+            label = labels if labels else 1.5
+            writer.write(pack(IRHeader(0, label, int.from_bytes(MAGIC_BYTES * 2, "little"), 0), image))
+    table = read_record_table(path)
+    assert records_in(table) == records_as_unpack_reads_them(path)
+    assert sorted(table.joined) == list(range(len(records))) and not table.problems
+
+
+def test_table_lists_the_records_it_cannot_read_with_what_is_wrong(tmp_path):
+    path = tmp_path / "bad.rec"
+    with RecordWriter(path, index=True) as writer:
+        writer.write(pack(IRHeader(0, 1.0, 0, 0), b"fine"))
+        writer.write(b"short")
+        writer.write(struct.pack("<IfQQ", 9, 0.0, 0, 0))  # flag 9, and no labels after it
+        writer.write(pack(IRHeader(0, 2.0, 0, 0), b"cut off"))
+    offsets = read_index(tmp_path / "bad.idx")[1]
+    path.write_bytes(path.read_bytes()[:-4])  # the last record loses its end
+    table = read_record_table(path)
+    assert table.problems == {
+        1: "record of 5 bytes is too short for an image record header",
+        2: "header says 9 labels but the record has 24 bytes",
+        3: f"truncated record: header says 31 bytes, {len(path.read_bytes()) - offsets[3] - 8} left in the file",
+    }
+    assert table.label_rows(1).tolist() == [[1.0], [0.0], [0.0], [0.0]]
+    error = table.record_error(2, "what is wrong")
+    assert isinstance(error, RecordIOError)
+    assert str(error) == f"{path}: at byte {offsets[2]}: record 2 (#2 in the file): what is wrong"
+    assert isinstance(table.record_error(0, "corrupt", ImageError), ImageError)
+
+
+def test_label_rows_are_the_labels_of_records_with_that_many():
+    table = read_record_table(MXNET_FIXTURES / "multilabel.rec")
+    rows = table.label_rows(3)
+    assert rows.shape == (len(table), 3) and rows.dtype == np.float32
+    assert rows.tolist() == [table.labels[start:start + 3].tolist() for start in table.label_starts[:-1]]
+    assert not table.label_rows(2).any()
+
+
+def test_table_of_an_empty_file_has_no_records(tmp_path):
+    (tmp_path / "empty.rec").write_bytes(b"")
+    table = read_record_table(tmp_path / "empty.rec")
+    assert len(table) == 0 and table.label_rows(1).shape == (0, 1)
+
+
+def test_table_of_missing_files_is_a_record_error(tmp_path):
+    with pytest.raises(RecordIOError, match="absent.rec: no such file"):
+        read_record_table(tmp_path / "absent.rec")
+    (tmp_path / "n.rec").write_bytes((MXNET_FIXTURES / "raw.rec").read_bytes())
+    with pytest.raises(RecordIOError, match="absent.idx: no such file"):  # a given .idx must be there
+        read_record_table(tmp_path / "n.rec", tmp_path / "absent.idx")
+    assert len(read_record_table(tmp_path / "n.rec")) == 64  # none given and none beside it: the file is scanned
