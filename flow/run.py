@@ -21,6 +21,10 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 import torch
+# torch.optim imports torch._dynamo when it makes its first optimizer: seconds, with stretches of
+# hundreds of ms that hold the GIL, which would starve the caller's event loop while the actors
+# start. Here it is part of importing flow.run instead.
+import torch._dynamo  # noqa: F401
 import torch.nn.functional as F
 import trio
 
@@ -114,7 +118,10 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
     and loss; `train_data` and `val_data` replace the RecordIO files: an async iterable of batches
     (iterated once per epoch) or a callable epoch -> async iterable, as `flow.actors.feed` describes.
     """
-    plan = _plan(config, model, train_data, val_data)
+    # Seconds of reading checkpoints and indexes, building the model and joining the process group:
+    # not on the caller's event loop. Cancelling waits for it (it is bounded: torch's timeouts bound
+    # the rendezvous), so that no half-made plan lives on in an abandoned thread.
+    plan = await trio.to_thread.run_sync(_plan, config, model, train_data, val_data)
     with unwrapped_errors():
         async with trio.open_nursery() as nursery:
             run = Run(nursery.cancel_scope, plan.subscriptions)
@@ -332,7 +339,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     for replica in range(len(devices)):
         work_send, work_receive = trio.open_memory_channel(in_flight)
         work_sends.append(work_send)
-        replica_model = copy.deepcopy(plan.model) if replica else plan.model
+        # Copying a big model takes a while: not on the Trio thread.
+        replica_model = await trio.to_thread.run_sync(copy.deepcopy, plan.model) if replica else plan.model
         await nursery.start(compute, builders.compute_settings(config, replica), replica_model, loss, work_receive,
                             result_send.clone(), None if server else make_updater)
     result_send.close()
