@@ -119,8 +119,8 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
     (iterated once per epoch) or a callable epoch -> async iterable, as `flow.actors.feed` describes.
     """
     # Seconds of reading checkpoints and indexes, building the model and joining the process group:
-    # not on the caller's event loop. Cancelling waits for it (it is bounded: torch's timeouts bound
-    # the rendezvous), so that no half-made plan lives on in an abandoned thread.
+    # not on the caller's event loop. Cancelling waits for it to end (a rendezvous at worst times
+    # out), so that no half-made plan, or process group, lives on in an abandoned thread.
     plan = await trio.to_thread.run_sync(_plan, config, model, train_data, val_data)
     with unwrapped_errors():
         async with trio.open_nursery() as nursery:
