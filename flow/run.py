@@ -1,4 +1,5 @@
-"""A training run: the one place where the actors are made and wired together.
+"""A training run: the one place where the actors are made and wired together (flow/builders.py
+makes their settings from the config).
 
     async with flow.open_run(config) as run:
         async for event in run.events():
