@@ -1,4 +1,4 @@
-"""Which module may import which, read from the source with `ast` (nothing is imported to check it).
+"""Which module may import which, read from the source with `ast`.
 
 The actors take frozen settings that the composition root (flow.run with flow.builders) makes from
 the config; none of them may reach the config, the CLI or the wiring, even through another module.
