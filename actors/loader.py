@@ -24,7 +24,6 @@ import trio
 
 from flow.augment import AugmentSettings
 from flow.batch_builder import BatchBuilder, BatchJob
-from flow.config import DataConfig
 from flow.decode_workers import DecodeWorkers
 from flow.epochs import EpochBatches, batches_of_epoch, epoch_order, resized, shard
 from flow.errors import ConfigError, unwrapped_errors
@@ -92,39 +91,6 @@ class LoaderSettings:
                               f"got {self.part_index}")
         if min(self.batch_size, self.nthreads, self.prefetch) < 1:
             raise ConfigError("data.batch_size, data.data_nthreads and data.prefetch must be positive")
-
-    @classmethod
-    def from_config(cls, data: DataConfig, split: str, seed: int) -> LoaderSettings:
-        """The loader for `split` ("train" or "val"), as data.py builds ImageRecordIter.
-
-        Validation is read in file order, whole (`last_batch` = pad), with no random crop, mirror,
-        colour or affine augmentation and no padding, and not sharded: replace num_parts /
-        part_index on the result to shard it.
-        """
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        train = split == "train"
-        path = data.data_train if train else data.data_val
-        if not path and not data.benchmark:
-            raise ConfigError(f"data.data_{split}: no record file given")
-        if train:
-            augmentation = AugmentSettings(
-                resize=data.resize, rand_crop=data.random_crop, rand_mirror=data.random_mirror,
-                max_random_h=data.max_random_h, max_random_s=data.max_random_s, max_random_l=data.max_random_l,
-                max_aspect_ratio=data.max_random_aspect_ratio, max_rotate_angle=data.max_random_rotate_angle,
-                max_shear_ratio=data.max_random_shear_ratio, min_random_scale=data.min_random_scale,
-                max_random_scale=data.max_random_scale, pad=data.pad_size, fill_value=data.pad_value)
-        else:
-            augmentation = AugmentSettings(resize=data.resize, fill_value=data.pad_value)
-        return cls(
-            path=path, index_path=data.data_train_idx if train else data.data_val_idx,
-            data_shape=tuple(data.image_shape), batch_size=data.batch_size, nthreads=data.data_nthreads,
-            prefetch=data.prefetch, shuffle=data.shuffle and train,
-            num_parts=data.num_parts if train else 1, part_index=data.part_index if train else 0,
-            last_batch=data.last_batch if train else "pad", layout=data.layout, label_width=data.label_width,
-            skip_bad_records=data.skip_bad_records, mean=tuple(data.rgb_mean), std=tuple(data.rgb_std),
-            augment=augmentation, seed=seed, benchmark=data.benchmark, num_classes=data.num_classes,
-            num_examples=data.num_examples)
 
 
 def record_table(settings: LoaderSettings) -> RecordTable | None:

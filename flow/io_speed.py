@@ -46,11 +46,12 @@ async def measure(config, emit: Callable[[str], None] | None = None) -> list[tup
     the Batch and epoch lines as they happen."""
     import trio
 
-    from flow.actors.loader import EpochEnd, LoaderSettings, loader, record_table
+    from flow.actors.loader import EpochEnd, loader, record_table
+    from flow.builders import loader_settings
     from flow.errors import unwrapped_errors
     from flow.metrics import io_speed_line
 
-    settings = LoaderSettings.from_config(config.data, "train", config.train.seed)
+    settings = loader_settings(config.data, "train", config.train.seed)
     every = config.train.disp_batches
     emit = emit or (lambda line: None)
     epochs: list[tuple[int, float]] = []

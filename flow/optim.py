@@ -7,25 +7,35 @@ device and no kvstore, as MXNet does (`_create_kvstore` gives no kvstore for one
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 
-from flow.config import TrainConfig
+
+@dataclass(frozen=True)
+class UpdaterSettings:
+    optimizer: str  # "sgd" or "adam"
+    lr: float  # the optimizer's own; every update sets the schedule's
+    momentum: float  # sgd only
+    nesterov: bool  # sgd only, with momentum
+    weight_decay: float
+    clip_gradient: float  # 0: no clipping
 
 
 class Updater:
     """Owns an optimizer over `parameters` and the count of updates the lr schedule reads."""
 
-    def __init__(self, parameters: list[torch.Tensor], train: TrainConfig, schedule):
+    def __init__(self, parameters: list[torch.Tensor], settings: UpdaterSettings, schedule):
         self.parameters = list(parameters)
         self.schedule = schedule
-        self.clip_gradient = train.clip_gradient
+        self.clip_gradient = settings.clip_gradient
         self.num_update = 0
-        if train.optimizer == "sgd":
-            self.optimizer = torch.optim.SGD(self.parameters, lr=train.lr, momentum=train.mom,
-                                             weight_decay=train.wd, nesterov=train.nesterov and train.mom > 0)
+        if settings.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(self.parameters, lr=settings.lr, momentum=settings.momentum,
+                                             weight_decay=settings.weight_decay,
+                                             nesterov=settings.nesterov and settings.momentum > 0)
         else:
-            self.optimizer = torch.optim.Adam(self.parameters, lr=train.lr, weight_decay=train.wd)
+            self.optimizer = torch.optim.Adam(self.parameters, lr=settings.lr, weight_decay=settings.weight_decay)
 
     @property
     def lr(self) -> float:

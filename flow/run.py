@@ -1,4 +1,5 @@
-"""A training run: the one place where the actors are made and wired together.
+"""A training run: the one place where the actors are made and wired together (flow/builders.py
+makes their settings from the config).
 
     async with flow.open_run(config) as run:
         async for event in run.events():
@@ -20,23 +21,27 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
 import torch
+# torch.optim imports torch._dynamo when it makes its first optimizer: seconds, with stretches of
+# hundreds of ms that hold the GIL, which would starve the caller's event loop while the actors
+# start. Here it is part of importing flow.run instead.
+import torch._dynamo  # noqa: F401
 import torch.nn.functional as F
 import trio
 
 from flow.actors import loader as loader_actor
 from flow.actors.bus import Subscription, bus
 from flow.actors.feed import feed
-from flow.actors.checkpoint import CheckpointSettings, checkpoint
-from flow.actors.compute import ComputeSettings, compute
-from flow.actors.metrics import MetricSettings, metrics
-from flow.actors.param_server import ServerSettings, param_server
-from flow import checkpoints, models
+from flow.actors.checkpoint import checkpoint
+from flow.actors.compute import compute
+from flow.actors.metrics import metrics
+from flow.actors.param_server import param_server
+from flow import builders, checkpoints, models
 from flow.config import Config
 from flow.distributed import Cluster, join
 from flow.errors import ConfigError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished, Validation
-from flow.fit import FitChannels, FitSettings, fit, steps_in_flight
+from flow.fit import FitChannels, fit, steps_in_flight
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
 from flow.recordio import RecordTable
@@ -113,7 +118,10 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
     and loss; `train_data` and `val_data` replace the RecordIO files: an async iterable of batches
     (iterated once per epoch) or a callable epoch -> async iterable, as `flow.actors.feed` describes.
     """
-    plan = _plan(config, model, train_data, val_data)
+    # Seconds of reading checkpoints and indexes, building the model and joining the process group:
+    # not on the caller's event loop. Cancelling waits for it to end (a rendezvous at worst times
+    # out), so that no half-made plan, or process group, lives on in an abandoned thread.
+    plan = await trio.to_thread.run_sync(_plan, config, model, train_data, val_data)
     with unwrapped_errors():
         async with trio.open_nursery() as nursery:
             run = Run(nursery.cancel_scope, plan.subscriptions)
@@ -164,11 +172,11 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     if train_data is None:
         if not data.data_train and not data.benchmark:
             raise ConfigError("data.data_train: expected the training .rec file, got nothing")
-        train_loader = loader_actor.LoaderSettings.from_config(data, "train", train.seed)
+        train_loader = builders.loader_settings(data, "train", train.seed)
         if cluster.world_size > 1:  # each process its own shard, as fit.py: num_parts = workers, part_index = rank
             train_loader = dataclasses.replace(train_loader, num_parts=cluster.world_size, part_index=cluster.rank)
         if data.data_val and val_data is None:
-            val_loader = loader_actor.LoaderSettings.from_config(data, "val", train.seed)
+            val_loader = builders.loader_settings(data, "val", train.seed)
     train_records = loader_actor.record_table(train_loader) if train_loader else None
     val_records = loader_actor.record_table(val_loader) if val_loader else None
     for settings, table in ((train_loader, train_records), (val_loader, val_records)):
@@ -297,23 +305,22 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     The devices and the server are ready (replicas built, optimizer made) before the fit loop
     starts, so the first epoch's clock does not count their start-up.
     """
-    data, train, saving = config.data, config.train, config.checkpoint
-    devices = train.devices
+    devices = config.train.devices
     server = len(devices) > 1 or plan.cluster.distributed  # else the one device updates itself (no kvstore)
+    updater_settings = builders.updater_settings(config.train)
 
     def make_updater(parameters: list[torch.Tensor]) -> Updater:
-        updater = Updater(parameters, train, plan.schedule)
+        updater = Updater(parameters, updater_settings, plan.schedule)
         if plan.updater_state is not None:
             updater.load_state_dict(plan.updater_state)
         return updater
 
-    output_send, output_receive = trio.open_memory_channel(data.prefetch + 2)
-    nursery.start_soon(metrics, MetricSettings(train.metrics, train.top_k, data.batch_size, train.disp_batches),
-                       output_receive, actor_event_send())
+    output_send, output_receive = trio.open_memory_channel(config.data.prefetch + 2)
+    nursery.start_soon(metrics, builders.metric_settings(config), output_receive, actor_event_send())
     save_send = None
     if plan.writes_files:
         save_send, save_receive = trio.open_memory_channel(1)
-        nursery.start_soon(checkpoint, CheckpointSettings(saving.model_prefix, saving.keep), save_receive,
+        nursery.start_soon(checkpoint, builders.checkpoint_settings(config.checkpoint), save_receive,
                            actor_event_send())
 
     server_send = server_reply_receive = None
@@ -321,23 +328,23 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         server_send, server_receive = trio.open_memory_channel(0)
         server_reply_send, server_reply_receive = trio.open_memory_channel(1)
         weights = [p.detach() for p in plan.model.parameters()]
-        await nursery.start(param_server, ServerSettings(train.kv_store, devices), weights, make_updater,
+        await nursery.start(param_server, builders.server_settings(config.train), weights, make_updater,
                             server_receive, server_reply_send)
 
     # Sized so that neither the loop nor a device ever waits on the other to make room.
     in_flight = steps_in_flight(server)
     result_send, result_receive = trio.open_memory_channel(in_flight * len(devices))
     work_sends = []
-    for replica, device in enumerate(devices):
+    for replica in range(len(devices)):
         work_send, work_receive = trio.open_memory_channel(in_flight)
         work_sends.append(work_send)
-        replica_model = copy.deepcopy(plan.model) if replica else plan.model
-        await nursery.start(compute, ComputeSettings(device, replica, train.precision, train.seed, data.rgb_mean,
-                                                     data.rgb_std), replica_model,
-                            loss, work_receive, result_send.clone(), None if server else make_updater)
+        # Copying a big model takes a while: not on the Trio thread.
+        replica_model = await trio.to_thread.run_sync(copy.deepcopy, plan.model) if replica else plan.model
+        await nursery.start(compute, builders.compute_settings(config, replica), replica_model, loss, work_receive,
+                            result_send.clone(), None if server else make_updater)
     result_send.close()
 
-    epochs = train.num_epochs - plan.begin_epoch
+    epochs = config.train.num_epochs - plan.begin_epoch
     train_send, train_receive = trio.open_memory_channel(0)
     if plan.train_loader is not None:
         nursery.start_soon(loader_actor.loader, plan.train_loader, plan.train_records, train_send,
@@ -353,9 +360,10 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         else:
             nursery.start_soon(feed, plan.val_data, val_send, plan.begin_epoch, epochs)
 
-    settings = FitSettings(plan.begin_epoch, train.num_epochs, devices, train.kv_store, saving.period, train.seed,
-                           plan.begin_update, sum(p.numel() for p in plan.model.parameters()), plan.schedule,
-                           plan.model_spec, plan.batches_per_epoch)
+    settings = builders.fit_settings(config, begin_epoch=plan.begin_epoch, begin_update=plan.begin_update,
+                                     num_parameters=sum(p.numel() for p in plan.model.parameters()),
+                                     schedule=plan.schedule, model_spec=plan.model_spec,
+                                     batches_per_epoch=plan.batches_per_epoch)
     channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
                            server_reply_receive, output_send, save_send, actor_event_send())
     summary_send, summary_receive = trio.open_memory_channel(1)

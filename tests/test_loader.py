@@ -13,7 +13,6 @@ import trio
 from flow.actors import loader as loader_module
 from flow.actors.loader import Batch, EpochEnd, LoaderSettings, loader, record_table
 from flow.augment import AugmentSettings
-from flow.config import config_from_dict
 from flow.errors import ConfigError, ImageError, RecordIOError
 from flow.image import decode
 from flow.recordio import MAGIC, IndexedRecordReader, IRHeader, RecordWriter, pack, pack_img, unpack
@@ -384,30 +383,3 @@ async def test_benchmark_mode_sends_fresh_synthetic_batches():
     assert sent[0].label.shape == (16,) and 0 <= sent[0].label.min() and sent[0].label.max() < 5
     resized = batches(await collect(dataclasses.replace(settings, epoch_batches=2)))
     assert len(resized) == 2
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def test_settings_from_config_train_and_val():
-    config = config_from_dict({"data": {
-        "data_train": "/data/train.rec", "data_val": "/data/val.rec", "image_shape": "3,32,32", "aug_level": 3,
-        "resize": 36, "pad_size": 2, "num_parts": 2, "part_index": 1, "last_batch": "discard", "batch_size": 64,
-        "data_nthreads": 3, "layout": "uint8_nhwc"}})
-    train = LoaderSettings.from_config(config.data, "train", seed=9)
-    assert (train.path, train.shuffle, train.num_parts, train.part_index, train.last_batch) == (
-        "/data/train.rec", True, 2, 1, "discard")
-    assert (train.data_shape, train.batch_size, train.nthreads, train.layout, train.seed) == (
-        (3, 32, 32), 64, 3, "uint8_nhwc", 9)
-    assert train.augment == AugmentSettings(resize=36, rand_crop=True, rand_mirror=True, max_random_h=36,
-                                            max_random_s=50, max_random_l=50, max_aspect_ratio=0.25,
-                                            max_rotate_angle=10, max_shear_ratio=0.1, pad=2, fill_value=127)
-    val = LoaderSettings.from_config(config.data, "val", seed=9)
-    assert (val.path, val.shuffle, val.num_parts, val.part_index, val.last_batch) == (
-        "/data/val.rec", False, 1, 0, "pad")
-    assert val.augment == AugmentSettings(resize=36) and not val.augment.random
-    with pytest.raises(ConfigError, match="data.data_val"):
-        LoaderSettings.from_config(config_from_dict({"data": {"data_train": "/t.rec"}}).data, "val", seed=0)
-    with pytest.raises(ConfigError, match="3 channels"):
-        LoaderSettings.from_config(config_from_dict({"data": {"data_train": "/t.rec", "image_shape": "1,28,28"}}).data,
-                                   "train", seed=0)

@@ -1,15 +1,15 @@
 import pytest
 import torch
 
-from flow.config import TrainConfig
 from flow.lr_schedule import build_schedule
-from flow.optim import Updater
+from flow.optim import Updater, UpdaterSettings
 
 
-def updater_for(parameter, **train):
-    config = TrainConfig(**{"mom": 0.0, "wd": 0.0, **train})
-    schedule = build_schedule("multifactor", config.lr, epoch_size=2, lr_step_epochs=(1,), lr_factor=0.5)
-    return Updater([parameter], config, schedule)
+def updater_for(parameter, **options):
+    settings = UpdaterSettings(**{"optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False,
+                                  "weight_decay": 0.0, "clip_gradient": 0.0, **options})
+    schedule = build_schedule("multifactor", settings.lr, epoch_size=2, lr_step_epochs=(1,), lr_factor=0.5)
+    return Updater([parameter], settings, schedule)
 
 
 def test_step_averages_summed_gradients_and_follows_the_schedule():
@@ -35,11 +35,11 @@ def test_clip_gradient_clips_each_element_like_mxnet():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_state_round_trips(optimizer):
     weight = torch.ones(2, requires_grad=True)
-    updater = updater_for(weight, optimizer=optimizer, mom=0.9)
+    updater = updater_for(weight, optimizer=optimizer, momentum=0.9)
     weight.grad = torch.ones(2)
     updater.step(1.0)
     copy = torch.ones(2, requires_grad=True)
-    restored = updater_for(copy, optimizer=optimizer, mom=0.9)
+    restored = updater_for(copy, optimizer=optimizer, momentum=0.9)
     restored.load_state_dict(updater.state_dict())
     copy.data.copy_(weight.detach())
     for parameter in (weight, copy):

@@ -1,0 +1,82 @@
+"""The config turned into each actor's frozen settings: the one place that reads the config for them.
+
+`flow run` and the API (flow/run.py, which connects the actors) and `flow test-io`
+(flow/io_speed.py) build their actors from these, so that no actor depends on the config.
+"""
+
+from __future__ import annotations
+
+from flow.actors.checkpoint import CheckpointSettings
+from flow.actors.compute import ComputeSettings
+from flow.actors.loader import LoaderSettings
+from flow.actors.metrics import MetricSettings
+from flow.actors.param_server import ServerSettings
+from flow.augment import AugmentSettings
+from flow.config import CheckpointConfig, Config, DataConfig, TrainConfig
+from flow.errors import ConfigError
+from flow.fit import FitSettings
+from flow.optim import UpdaterSettings
+
+
+def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
+    """The loader for `split` ("train" or "val"), as data.py builds ImageRecordIter.
+
+    Validation is read in file order, whole (`last_batch` = pad), with no random crop, mirror,
+    colour or affine augmentation and no padding, and not sharded: replace num_parts /
+    part_index on the result to shard it.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    train = split == "train"
+    path = data.data_train if train else data.data_val
+    if not path and not data.benchmark:
+        raise ConfigError(f"data.data_{split}: no record file given")
+    if train:
+        augmentation = AugmentSettings(
+            resize=data.resize, rand_crop=data.random_crop, rand_mirror=data.random_mirror,
+            max_random_h=data.max_random_h, max_random_s=data.max_random_s, max_random_l=data.max_random_l,
+            max_aspect_ratio=data.max_random_aspect_ratio, max_rotate_angle=data.max_random_rotate_angle,
+            max_shear_ratio=data.max_random_shear_ratio, min_random_scale=data.min_random_scale,
+            max_random_scale=data.max_random_scale, pad=data.pad_size, fill_value=data.pad_value)
+    else:
+        augmentation = AugmentSettings(resize=data.resize, fill_value=data.pad_value)
+    return LoaderSettings(
+        path=path, index_path=data.data_train_idx if train else data.data_val_idx,
+        data_shape=tuple(data.image_shape), batch_size=data.batch_size, nthreads=data.data_nthreads,
+        prefetch=data.prefetch, shuffle=data.shuffle and train,
+        num_parts=data.num_parts if train else 1, part_index=data.part_index if train else 0,
+        last_batch=data.last_batch if train else "pad", layout=data.layout, label_width=data.label_width,
+        skip_bad_records=data.skip_bad_records, mean=tuple(data.rgb_mean), std=tuple(data.rgb_std),
+        augment=augmentation, seed=seed, benchmark=data.benchmark, num_classes=data.num_classes,
+        num_examples=data.num_examples)
+
+
+def updater_settings(train: TrainConfig) -> UpdaterSettings:
+    return UpdaterSettings(optimizer=train.optimizer, lr=train.lr, momentum=train.mom, nesterov=train.nesterov,
+                           weight_decay=train.wd, clip_gradient=train.clip_gradient)
+
+
+def compute_settings(config: Config, replica: int) -> ComputeSettings:
+    train, data = config.train, config.data
+    return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std)
+
+
+def server_settings(train: TrainConfig) -> ServerSettings:
+    return ServerSettings(train.kv_store, train.devices)
+
+
+def metric_settings(config: Config) -> MetricSettings:
+    train = config.train
+    return MetricSettings(train.metrics, train.top_k, config.data.batch_size, train.disp_batches)
+
+
+def checkpoint_settings(saving: CheckpointConfig) -> CheckpointSettings:
+    return CheckpointSettings(saving.model_prefix, saving.keep)
+
+
+def fit_settings(config: Config, *, begin_epoch: int, begin_update: int, num_parameters: int, schedule,
+                 model_spec: dict | None, batches_per_epoch: int) -> FitSettings:
+    """The fit loop's, where the run starts (`begin_*`, from the checkpoint it resumes) and what it trains."""
+    train = config.train
+    return FitSettings(begin_epoch, train.num_epochs, train.devices, train.kv_store, config.checkpoint.period,
+                       train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch)

@@ -1,0 +1,40 @@
+"""The composition root's builders: each config key lands in the actor setting that means it."""
+
+import pytest
+
+from flow.augment import AugmentSettings
+from flow.builders import loader_settings, updater_settings
+from flow.config import config_from_dict
+from flow.errors import ConfigError
+from flow.optim import UpdaterSettings
+
+
+def test_loader_settings_train_and_val():
+    config = config_from_dict({"data": {
+        "data_train": "/data/train.rec", "data_val": "/data/val.rec", "image_shape": "3,32,32", "aug_level": 3,
+        "resize": 36, "pad_size": 2, "num_parts": 2, "part_index": 1, "last_batch": "discard", "batch_size": 64,
+        "data_nthreads": 3, "layout": "uint8_nhwc"}})
+    train = loader_settings(config.data, "train", seed=9)
+    assert (train.path, train.shuffle, train.num_parts, train.part_index, train.last_batch) == (
+        "/data/train.rec", True, 2, 1, "discard")
+    assert (train.data_shape, train.batch_size, train.nthreads, train.layout, train.seed) == (
+        (3, 32, 32), 64, 3, "uint8_nhwc", 9)
+    assert train.augment == AugmentSettings(resize=36, rand_crop=True, rand_mirror=True, max_random_h=36,
+                                            max_random_s=50, max_random_l=50, max_aspect_ratio=0.25,
+                                            max_rotate_angle=10, max_shear_ratio=0.1, pad=2, fill_value=127)
+    val = loader_settings(config.data, "val", seed=9)
+    assert (val.path, val.shuffle, val.num_parts, val.part_index, val.last_batch) == (
+        "/data/val.rec", False, 1, 0, "pad")
+    assert val.augment == AugmentSettings(resize=36) and not val.augment.random
+    with pytest.raises(ConfigError, match="data.data_val"):
+        loader_settings(config_from_dict({"data": {"data_train": "/t.rec"}}).data, "val", seed=0)
+    with pytest.raises(ConfigError, match="3 channels"):
+        loader_settings(config_from_dict({"data": {"data_train": "/t.rec", "image_shape": "1,28,28"}}).data,
+                        "train", seed=0)
+
+
+def test_updater_settings_name_fit_py_s_flags():
+    train = config_from_dict({"train": {"optimizer": "adam", "lr": 0.5, "mom": 0.8, "nesterov": True, "wd": 0.01,
+                                        "clip_gradient": 2.0}}).train
+    assert updater_settings(train) == UpdaterSettings(optimizer="adam", lr=0.5, momentum=0.8, nesterov=True,
+                                                      weight_decay=0.01, clip_gradient=2.0)
