@@ -324,7 +324,7 @@ def run_flow(args, rec_path: Path) -> dict:
     if finished.returncode != 0 or len(epochs) != args.epochs:
         raise PeerFailed(last_line(finished.stderr or finished.stdout)
                          or f"exit status {finished.returncode}, {len(epochs)} of {args.epochs} epoch lines")
-    return {"version": f"flow {importlib.metadata.version('flow')}", "epochs": epochs}
+    return {"version": f"flow {importlib.metadata.version('flow-fit')}", "epochs": epochs}
 
 
 def run_worker(args, peer: str, python: str) -> dict:
