@@ -311,11 +311,6 @@ def validation_line(epoch: int, name: str, value: float) -> str:
     return "Epoch[%d] Validation-%s=%f" % (epoch, name, value)
 
 
-def checkpoint_line(path: str) -> str:
-    """After each saved parameter file (MXNet's save_checkpoint), the path of the .params file."""
-    return 'Saved checkpoint to "%s"' % (path,)
-
-
 def io_speed_line(batch: int, speed: float) -> str:
     """fit.py --test-io: every disp_batches batches, `batch` the 0-based index of the last one."""
     return "Batch [%d]\tSpeed: %.2f samples/sec" % (batch, speed)
