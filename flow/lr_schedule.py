@@ -115,7 +115,8 @@ class CosineSchedule(LRSchedule):
 
 
 def build_schedule(kind: str, lr: float, *, epoch_size: int, num_epochs: int | None = None,
-                   lr_factor: float = 0.1, lr_step_epochs: Sequence[int] = (), warmup_steps: int = 0, warmup_begin_lr: float = 0.0, final_lr: float = 0.0) -> LRSchedule:
+                   lr_factor: float = 0.1, lr_step_epochs: Sequence[int] = (), warmup_steps: int = 0,
+                   warmup_begin_lr: float = 0.0, final_lr: float = 0.0) -> LRSchedule:
     """The schedule fit.py's arguments describe.
 
     multifactor: lr times lr_factor at the start of each epoch in lr_step_epochs (a step at epoch e
