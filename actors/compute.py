@@ -2,9 +2,9 @@
 
 All torch work of a step (load the newest weights, forward, backward, and with a single device the
 optimizer update too) is one worker-thread call, so the Trio side pays one hop per step. The
-replica only reads the weights the fit loop hands it in `Work.weights`; the parameter server
-never touches the replica, and the protocol (no new Work before the previous update is done)
-keeps the two from racing.
+replica only reads the weights the fit loop hands it with each slice (`weights`); the parameter
+server never touches the replica, and the protocol (no new slice before the previous update is
+done) keeps the two from racing.
 """
 
 from __future__ import annotations
@@ -32,29 +32,54 @@ class ComputeSettings:
 
 
 @dataclass(frozen=True)
-class Work:
-    """One slice of a batch. kind: "train" (forward_backward), "eval" (forward), "snapshot" (state)."""
+class TrainSlice:
+    """One device's slice of a training batch: forward_backward (and the update, on a replica that owns the updater)."""
 
-    kind: str
-    epoch: int
-    index: int
-    data: torch.Tensor | None = None
-    label: torch.Tensor | None = None
-    weight: torch.Tensor | None = None  # 1 per real sample, 0 per pad (None: no pads): pads count in no loss
-    scale: float = 1.0  # 1 / real samples in the whole batch: the update averages over the global batch
-    weights: list[torch.Tensor] | None = None  # newest master weights to load first (several replicas)
+    epoch: int  # the replica's random draws are seeded per epoch
+    data: torch.Tensor
+    label: torch.Tensor
+    weight: torch.Tensor | None  # 1 per real sample, 0 per pad (None: no pads): pads count in no loss
+    scale: float  # 1 / real samples in the whole batch: the update averages over the global batch
+    lr: float  # of this step's update, for a replica that owns the updater
+    weights: list[torch.Tensor] | None  # newest master weights to load first (None: loaded already)
 
 
 @dataclass(frozen=True)
-class SliceResult:
+class EvalSlice:
+    """One device's slice of a validation batch: forward only."""
+
+    data: torch.Tensor
+    weights: list[torch.Tensor] | None  # as TrainSlice's
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """Asks for the replica's state (for a checkpoint); it comes back on `reply`, apart from the slices' results."""
+
+    weights: list[torch.Tensor] | None  # as TrainSlice's
+    reply: trio.MemorySendChannel  # of ReplicaState
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """`gradients` are for the parameter server: each summed over the slice's samples, None for a frozen
+    parameter (requires_grad False); None in all when the replica updated itself."""
+
     replica: int
-    kind: str
-    epoch: int
-    index: int
-    outputs: torch.Tensor | None = None  # probabilities, float32 on the CPU (what MXNet's metrics read)
-    loss: float = 0.0  # summed over the real samples of the slice
-    gradients: list[torch.Tensor | None] | None = None  # summed over samples (None: frozen); only for a server
-    state: dict | None = None  # snapshot: model state_dict (CPU copies) and updater state
+    outputs: torch.Tensor  # probabilities, float32 on the CPU (what MXNet's metrics read)
+    gradients: list[torch.Tensor | None] | None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    replica: int
+    outputs: torch.Tensor  # as TrainResult's
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    model: dict  # the model's state_dict, CPU copies
+    updater: dict | None  # the updater's state_dict; None when the parameter server holds it
 
 
 class _Replica:
@@ -73,6 +98,7 @@ class _Replica:
         # float32 mean and 1 / std, as the loader's normalize loop (flow/_pixels.c) takes them
         self.mean = torch.tensor(settings.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.inv_std = 1 / torch.tensor(settings.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.steps = {TrainSlice: self.train_step, EvalSlice: self.eval_step, SnapshotRequest: self.snapshot}
 
     def autocast(self):
         if self.settings.precision == "bf16":
@@ -93,7 +119,7 @@ class _Replica:
         if weights is not None:
             torch._foreach_copy_(self.parameters, [w.to(self.device, non_blocking=True) for w in weights])
 
-    def train_step(self, work: Work) -> SliceResult:
+    def train_step(self, work: TrainSlice) -> TrainResult:
         if self.seeded_epoch != work.epoch:  # seeded per epoch, so that a resumed run replays the draws
             self.random.seed(derive_seed(self.settings.seed, "compute", work.epoch, self.settings.replica))
             self.seeded_epoch = work.epoch
@@ -110,36 +136,32 @@ class _Replica:
             loss = self.loss_fn(logits.float(), label)
             if work.weight is not None:
                 loss = loss * work.weight.to(self.device, non_blocking=True)
-            loss = loss.sum()
-            loss.backward()
+            loss.sum().backward()
         outputs = torch.softmax(logits.detach().float(), dim=1).cpu()
         if self.updater is not None:
-            self.updater.step(work.scale)
-            return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs, loss.item())
+            self.updater.step(work.scale, work.lr)
+            return TrainResult(self.settings.replica, outputs, None)
         gradients = [None if not p.requires_grad else p.grad if p.grad is not None else torch.zeros_like(p)
                      for p in self.parameters]
-        return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs, loss.item(), gradients)
+        return TrainResult(self.settings.replica, outputs, gradients)
 
     @torch.no_grad()
-    def eval_step(self, work: Work) -> SliceResult:
+    def eval_step(self, work: EvalSlice) -> EvalResult:
         self.load(work.weights)
         self.model.eval()
         with self.autocast():
             logits = self.model(self.inputs(work.data))
-        outputs = torch.softmax(logits.float(), dim=1).cpu()
-        return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, outputs)
+        return EvalResult(self.settings.replica, torch.softmax(logits.float(), dim=1).cpu())
 
     @torch.no_grad()
-    def snapshot(self, work: Work) -> SliceResult:
-        self.load(work.weights)
-        state = {"model": {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.model.state_dict().items()}}
-        if self.updater is not None:
-            state["updater"] = self.updater.state_dict()
-        return SliceResult(self.settings.replica, work.kind, work.epoch, work.index, state=state)
+    def snapshot(self, request: SnapshotRequest) -> ReplicaState:
+        self.load(request.weights)
+        model = {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.model.state_dict().items()}
+        return ReplicaState(model, None if self.updater is None else self.updater.state_dict())
 
-    def run(self, works: list[Work]) -> list[SliceResult]:
-        steps = {"train": self.train_step, "eval": self.eval_step, "snapshot": self.snapshot}
-        return [steps[work.kind](work) for work in works]
+    def run(self, messages: list) -> list:
+        """Each message's answer, in order."""
+        return [self.steps[type(message)](message) for message in messages]
 
 
 # torch has one CPU generator a process: the CPU replicas of every run take turns with it.
@@ -183,9 +205,10 @@ async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Ca
                   work_channel: trio.MemoryReceiveChannel, result_channel: trio.MemorySendChannel,
                   make_updater: Callable[[list[torch.Tensor]], Updater] | None = None,
                   task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Runs the Work it receives in this device's one worker thread and sends each SliceResult on.
+    """Runs each TrainSlice, EvalSlice and SnapshotRequest it receives in this device's one worker thread,
+    in order, and sends each slice's TrainResult or EvalResult on `result_channel`.
 
-    Work that is already queued when the thread is free goes in the same thread call, in order.
+    Messages already queued when the thread is free go in the same thread call, in order.
     With `make_updater` (one device, no kvstore) the replica updates its own weights each step.
     Reports started (for `nursery.start`) once the replica and its optimizer are built.
     """
@@ -193,12 +216,16 @@ async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Ca
     replica = await trio.to_thread.run_sync(_Replica, settings, model, loss_fn, make_updater, limiter=one_thread)
     task_status.started()
     with work_channel, result_channel:  # sync close: an async one could let Cancelled hide our error
-        async for work in work_channel:
-            works = [work]
+        async for message in work_channel:
+            messages = [message]
             while True:
                 try:
-                    works.append(work_channel.receive_nowait())
+                    messages.append(work_channel.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            for result in await trio.to_thread.run_sync(replica.run, works, limiter=one_thread):
-                await result_channel.send(result)
+            answers = await trio.to_thread.run_sync(replica.run, messages, limiter=one_thread)
+            for message, answer in zip(messages, answers):
+                if isinstance(message, SnapshotRequest):
+                    await message.reply.send(answer)
+                else:
+                    await result_channel.send(answer)

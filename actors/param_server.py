@@ -37,23 +37,24 @@ class Update:
     """The gradients of one step, one list per replica, each summed over that replica's samples
     (None for a frozen parameter: requires_grad False on the replica)."""
 
-    epoch: int
-    index: int
-    gradients: list[list[torch.Tensor]]
+    num_update: int  # which update this is, counted from the start of training
+    lr: float
+    gradients: list[list[torch.Tensor | None]]
     samples: int  # real samples in this process's batch
 
 
 @dataclass(frozen=True)
-class StateRequest:
-    """Asks for the updater's state (for a checkpoint)."""
+class Updated:
+    """The answer to an Update."""
+
+    weights: list[torch.Tensor]  # the master weights; replicas copy them, nobody writes them
 
 
 @dataclass(frozen=True)
-class Updated:
-    num_update: int
-    lr: float  # the lr of the next update
-    weights: list[torch.Tensor]  # the master weights; replicas copy them, nobody writes them
-    updater_state: dict | None = None  # only in answer to a StateRequest
+class StateRequest:
+    """Asks for the updater's state_dict (for a checkpoint); it comes back on `reply`, apart from Updated."""
+
+    reply: trio.MemorySendChannel  # of the state dict
 
 
 class _Server:
@@ -79,17 +80,17 @@ class _Server:
             trainable.append(weight)
         samples = message.samples
         if self.distributed:
-            samples = self._sum_over_processes([w.grad for w in trainable], samples)
-        self.updater.step(1.0 / samples)
-        return Updated(self.updater.num_update, self.updater.lr, [w.detach() for w in self.weights])
+            samples = self._sum_over_processes(message.num_update, [w.grad for w in trainable], samples)
+        self.updater.step(1.0 / samples, message.lr)
+        return Updated([w.detach() for w in self.weights])
 
-    def _sum_over_processes(self, gradients: list[torch.Tensor], samples: int) -> int:
+    def _sum_over_processes(self, num_update: int, gradients: list[torch.Tensor], samples: int) -> int:
         """Sums the gradients (in place) and the sample counts of every process: one all_reduce a step."""
         flat = torch.cat([g.reshape(-1) for g in gradients] + [torch.tensor([float(samples)], device=self.device)])
         try:
             torch.distributed.all_reduce(flat)
         except RuntimeError as error:  # gloo / NCCL: a peer crashed, exited or timed out
-            raise DistributedError(f"update {self.updater.num_update + 1}: the gradient all_reduce failed, so "
+            raise DistributedError(f"update {num_update}: the gradient all_reduce failed, so "
                                    f"another process of the job stopped or hangs ({_reason(error)})") from None
         offset = 0
         for gradient in gradients:
@@ -97,26 +98,23 @@ class _Server:
             offset += gradient.numel()
         return int(flat[-1].item())
 
-    def state(self) -> Updated:
-        return Updated(self.updater.num_update, self.updater.lr, [w.detach() for w in self.weights],
-                       updater_state=self.updater.state_dict())
-
 
 async def param_server(settings: ServerSettings, initial_weights: list[torch.Tensor],
                        make_updater: Callable[[list[torch.Tensor]], Updater],
                        request_channel: trio.MemoryReceiveChannel, reply_channel: trio.MemorySendChannel,
                        task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Answers each Update (or StateRequest) with Updated, in order; started once its optimizer is built."""
+    """Answers each Update with Updated on `reply_channel`, and each StateRequest on its own reply, in order;
+    started once its optimizer is built."""
     one_thread = trio.CapacityLimiter(1)
     server = await trio.to_thread.run_sync(_Server, settings, initial_weights, make_updater, limiter=one_thread)
     task_status.started()
     with request_channel, reply_channel:  # sync close: an async one could let Cancelled hide our error
         async for request in request_channel:
             if isinstance(request, Update):
-                reply = await trio.to_thread.run_sync(server.update, request, limiter=one_thread)
+                await reply_channel.send(await trio.to_thread.run_sync(server.update, request, limiter=one_thread))
             else:
-                reply = await trio.to_thread.run_sync(server.state, limiter=one_thread)
-            await reply_channel.send(reply)
+                state = await trio.to_thread.run_sync(server.updater.state_dict, limiter=one_thread)
+                await request.reply.send(state)
 
 
 def _reason(error: RuntimeError) -> str:

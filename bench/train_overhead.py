@@ -176,7 +176,7 @@ def run_flow_config(args, raw_config: dict, model, train_data=None) -> dict:
             await run.wait()
 
     trio.run(train)
-    return {"version": f"flow {importlib.metadata.version('flow')}, torch {torch_version}",
+    return {"version": f"flow {importlib.metadata.version('flow-fit')}, torch {torch_version}",
             "epochs": epochs, "accuracy": accuracy}
 
 

@@ -1,7 +1,7 @@
 """Checkpoint files, as fit.py names them, written atomically and read back with weights_only=True.
 
     {prefix}-{epoch:04d}.params   the model's state_dict
-    {prefix}-{epoch:04d}.states   optimizer and schedule state, update count, epoch, seed
+    {prefix}-{epoch:04d}.states   optimizer state, update count, epoch, seed
     {prefix}-model.json           what is needed to rebuild the model (flow.models.model_spec)
 
 Each file goes to a temporary name, is fsynced, then renamed; `.params` is written last, so an

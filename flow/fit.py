@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import trio
 
-from flow.actors.compute import Work
+from flow.actors.compute import EvalSlice, SnapshotRequest, TrainSlice
 from flow.actors.checkpoint import Save
 from flow.actors.loader import EpochEnd as LoaderEpochEnd
 from flow.actors.metrics import Outputs, SplitEnd
@@ -43,8 +43,8 @@ class FitSettings:
 class FitChannels:
     train_batches: trio.MemoryReceiveChannel
     val_batches: trio.MemoryReceiveChannel | None
-    work: list  # one MemorySendChannel of Work per device
-    results: trio.MemoryReceiveChannel  # SliceResult from every device
+    work: list  # one MemorySendChannel per device, of TrainSlice, EvalSlice and SnapshotRequest
+    results: trio.MemoryReceiveChannel  # TrainResult and EvalResult from every device
     server_requests: trio.MemorySendChannel | None  # None: one device updates itself (no kvstore)
     server_replies: trio.MemoryReceiveChannel | None
     outputs: trio.MemorySendChannel  # to the metric actor
@@ -87,17 +87,18 @@ def steps_in_flight(server: bool) -> int:
 class _Step:
     """A step sent to the devices whose results are not back yet."""
 
-    kind: str  # "train" or "eval"
     epoch: int
     index: int
     label: torch.Tensor
     samples: int  # real samples (the batch less its pad)
     slices: int  # results to wait for
+    num_update: int | None  # training: the update this step makes; None: validation
+    lr: float  # that update's (0.0: validation)
 
 
 class _Loop:
     """The loop's state: steps in flight, the newest master weights each replica has not loaded yet,
-    and the update count."""
+    and the update count (the run's only one: each update's lr and the checkpoints' count come from it)."""
 
     def __init__(self, settings: FitSettings, channels: FitChannels):
         self.settings = settings
@@ -108,7 +109,7 @@ class _Loop:
         self.depth = steps_in_flight(channels.server_requests is not None)
         self.in_flight: deque[_Step] = deque()
 
-    async def send_step(self, kind: str, epoch: int, index: int, batch) -> int:
+    async def send_step(self, epoch: int, index: int, batch, *, training: bool) -> int:
         """Hands each device its slice of `batch`; returns the batch's real samples."""
         size = batch.data.shape[0]
         real = size - batch.pad
@@ -116,16 +117,23 @@ class _Loop:
         if batch.pad:  # pads count in no loss and no metric
             weight = torch.ones(size)
             weight[real:] = 0
+        num_update, lr = None, 0.0
+        if training:
+            self.num_update += 1
+            num_update, lr = self.num_update, self.settings.schedule.lr_at(self.num_update)
         bounds = [(0, size)] if self.num_devices == 1 else slice_bounds(size, self.num_devices)
         slices = 0
         for replica, (start, stop) in enumerate(bounds):
             if stop > start:
-                await self.channels.work[replica].send(Work(
-                    kind, epoch, index, batch.data[start:stop], batch.label[start:stop],
-                    None if weight is None else weight[start:stop], 1.0 / real, self.unloaded_weights[replica]))
-                self.unloaded_weights[replica] = None
+                weights, self.unloaded_weights[replica] = self.unloaded_weights[replica], None
+                if training:
+                    message = TrainSlice(epoch, batch.data[start:stop], batch.label[start:stop],
+                                         None if weight is None else weight[start:stop], 1.0 / real, lr, weights)
+                else:
+                    message = EvalSlice(batch.data[start:stop], weights)
+                await self.channels.work[replica].send(message)
                 slices += 1
-        self.in_flight.append(_Step(kind, epoch, index, batch.label, real, slices))
+        self.in_flight.append(_Step(epoch, index, batch.label, real, slices, num_update, lr))
         return real
 
     async def finish_step(self) -> None:
@@ -133,48 +141,47 @@ class _Loop:
         step = self.in_flight.popleft()
         results = sorted([await self.channels.results.receive() for _ in range(step.slices)],
                          key=lambda result: result.replica)
-        lr = 0.0
-        if step.kind == "train":
-            if self.channels.server_requests is not None:
-                await self.channels.server_requests.send(
-                    Update(step.epoch, step.index, [r.gradients for r in results], step.samples))
-                updated = await self.channels.server_replies.receive()
-                self.unloaded_weights = [updated.weights] * self.num_devices
-            self.num_update += 1
-            lr = self.settings.schedule.lr_at(self.num_update)
+        if step.num_update is not None and self.channels.server_requests is not None:
+            await self.channels.server_requests.send(
+                Update(step.num_update, step.lr, [r.gradients for r in results], step.samples))
+            updated = await self.channels.server_replies.receive()
+            self.unloaded_weights = [updated.weights] * self.num_devices
         outputs = results[0].outputs if len(results) == 1 else torch.cat([r.outputs for r in results])
-        split = "train" if step.kind == "train" else "val"
+        split = "val" if step.num_update is None else "train"
         await self.channels.outputs.send(Outputs(split, step.epoch, step.index, outputs, step.label, step.samples,
-                                                 time.perf_counter(), lr))
+                                                 time.perf_counter(), step.lr))
 
-    async def run_epoch(self, kind: str, epoch: int) -> None:
+    async def run_epoch(self, epoch: int, *, training: bool) -> None:
         """One pass over the epoch's batches (training or validation), then its SplitEnd to the metric actor."""
         start = time.perf_counter()
-        batches = self.channels.train_batches if kind == "train" else self.channels.val_batches
-        what = "training" if kind == "train" else "validation"
+        batches = self.channels.train_batches if training else self.channels.val_batches
+        what = "training" if training else "validation"
         index = samples = 0
         while not isinstance(batch := await self._next(batches, what), LoaderEpochEnd):
             if len(self.in_flight) >= self.depth:
                 await self.finish_step()
-            samples += await self.send_step(kind, epoch, index, batch)
+            samples += await self.send_step(epoch, index, batch, training=training)
             index += 1
         while self.in_flight:
             await self.finish_step()
-        split = "train" if kind == "train" else "val"
-        seconds = time.perf_counter() - start if kind == "train" else 0.0
+        split = "train" if training else "val"
+        seconds = time.perf_counter() - start if training else 0.0
         await self.channels.outputs.send(SplitEnd(split, epoch, index, samples, seconds))
 
     async def save(self, epoch: int) -> None:
-        await self.channels.work[0].send(Work("snapshot", epoch, -1, weights=self.unloaded_weights[0]))
-        self.unloaded_weights[0] = None
-        snapshot = (await self.channels.results.receive()).state
-        updater_state = snapshot.get("updater")
+        """Hands the checkpoint actor the model after `epoch` (from the first replica) and the updater's state."""
+        replica_send, replica_receive = trio.open_memory_channel(1)
+        weights, self.unloaded_weights[0] = self.unloaded_weights[0], None
+        await self.channels.work[0].send(SnapshotRequest(weights, replica_send))
+        replica = await replica_receive.receive()
+        updater_state = replica.updater
         if self.channels.server_requests is not None:
-            await self.channels.server_requests.send(StateRequest())
-            updater_state = (await self.channels.server_replies.receive()).updater_state
+            server_send, server_receive = trio.open_memory_channel(1)
+            await self.channels.server_requests.send(StateRequest(server_send))
+            updater_state = await server_receive.receive()
         states = {"epoch": epoch + 1, "num_update": self.num_update, "seed": self.settings.seed,
                   "updater": updater_state}
-        await self.channels.saves.send(Save(epoch + 1, snapshot["model"], states, self.settings.model_spec))
+        await self.channels.saves.send(Save(epoch + 1, replica.model, states, self.settings.model_spec))
 
     @staticmethod
     async def _next(channel: trio.MemoryReceiveChannel, what: str):
@@ -190,9 +197,9 @@ async def _fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
     await channels.events.send(RunStarted(settings.begin_epoch, settings.num_epochs, list(settings.devices),
                                           settings.kv_store, settings.num_parameters, settings.batches_per_epoch))
     for epoch in range(settings.begin_epoch, settings.num_epochs):
-        await loop.run_epoch("train", epoch)
+        await loop.run_epoch(epoch, training=True)
         if channels.saves is not None and (epoch + 1) % settings.checkpoint_period == 0:
             await loop.save(epoch)
         if channels.val_batches is not None:
-            await loop.run_epoch("eval", epoch)
+            await loop.run_epoch(epoch, training=False)
     return RunFinished(settings.num_epochs - settings.begin_epoch, loop.num_update, time.perf_counter() - start)

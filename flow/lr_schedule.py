@@ -2,9 +2,9 @@
 example/image-classification/common/fit.py sets them up, but as pure functions of one count.
 
 `num_update` counts optimizer updates from the start of training (epoch 0). MXNet's optimizer
-adds 1 to its count before asking the scheduler, so the n-th update (n from 1) uses `lr_at(n)`;
-`step()` does the same. The count is a schedule's only state: resuming at epoch b means setting
-it to `epoch_size * b`, which `build_schedule(begin_epoch=b)` does.
+adds 1 to its count before asking the scheduler, so the n-th update (n from 1) uses `lr_at(n)`.
+A schedule holds no count: the fit loop counts, so a run resumed at epoch b goes on from the
+checkpoint's count, `epoch_size * b`.
 
 fit.py instead restarts MXNet's count at 0 on resume and shifts the steps to `epoch_size * (e - b)`,
 starting from an lr with the steps at or before b already applied. For the multi-factor schedule
@@ -48,7 +48,6 @@ class LRSchedule:
         self.base_lr = base_lr
         self.warmup_steps = warmup_steps
         self.warmup_begin_lr = warmup_begin_lr
-        self.num_update = 0
 
     def lr_at(self, num_update: int) -> float:
         """The lr the `num_update`-th update uses."""
@@ -59,11 +58,6 @@ class LRSchedule:
 
     def _after_warmup(self, num_update: int) -> float:
         raise NotImplementedError
-
-    def step(self) -> float:
-        """Count one more update and return the lr it uses."""
-        self.num_update += 1
-        return self.lr_at(self.num_update)
 
 
 class ConstantSchedule(LRSchedule):
@@ -121,9 +115,9 @@ class CosineSchedule(LRSchedule):
 
 
 def build_schedule(kind: str, lr: float, *, epoch_size: int, num_epochs: int | None = None,
-                   lr_factor: float = 0.1, lr_step_epochs: Sequence[int] = (), begin_epoch: int = 0,
-                   warmup_steps: int = 0, warmup_begin_lr: float = 0.0, final_lr: float = 0.0) -> LRSchedule:
-    """The schedule fit.py's arguments describe, its count set for a run that begins at `begin_epoch`.
+                   lr_factor: float = 0.1, lr_step_epochs: Sequence[int] = (), warmup_steps: int = 0,
+                   warmup_begin_lr: float = 0.0, final_lr: float = 0.0) -> LRSchedule:
+    """The schedule fit.py's arguments describe.
 
     multifactor: lr times lr_factor at the start of each epoch in lr_step_epochs (a step at epoch e
       fires after epoch_size * e updates); constant when lr_factor >= 1 or there are no steps, as
@@ -132,22 +126,15 @@ def build_schedule(kind: str, lr: float, *, epoch_size: int, num_epochs: int | N
     """
     if not isinstance(epoch_size, int) or epoch_size < 1:
         raise ConfigError(f"epoch_size: expected a positive integer, got {epoch_size!r}")
-    if not isinstance(begin_epoch, int) or begin_epoch < 0:
-        raise ConfigError(f"begin_epoch: expected a non-negative integer, got {begin_epoch!r}")
-    schedule: LRSchedule
     if kind == "multifactor":
         if lr_factor >= 1 or not lr_step_epochs:
-            schedule = ConstantSchedule(lr, warmup_steps, warmup_begin_lr)
-        else:
-            if any(later <= earlier for earlier, later in zip(lr_step_epochs, lr_step_epochs[1:])):
-                raise ConfigError(f"lr_step_epochs: expected increasing epochs, got {list(lr_step_epochs)}")
-            steps = [epoch_size * epoch for epoch in lr_step_epochs]
-            schedule = MultiFactorSchedule(lr, steps, lr_factor, warmup_steps, warmup_begin_lr)
-    elif kind == "cosine":
+            return ConstantSchedule(lr, warmup_steps, warmup_begin_lr)
+        if any(later <= earlier for earlier, later in zip(lr_step_epochs, lr_step_epochs[1:])):
+            raise ConfigError(f"lr_step_epochs: expected increasing epochs, got {list(lr_step_epochs)}")
+        steps = [epoch_size * epoch for epoch in lr_step_epochs]
+        return MultiFactorSchedule(lr, steps, lr_factor, warmup_steps, warmup_begin_lr)
+    if kind == "cosine":
         if not isinstance(num_epochs, int) or num_epochs < 1:
             raise ConfigError(f"num_epochs: the cosine schedule needs a positive integer, got {num_epochs!r}")
-        schedule = CosineSchedule(lr, num_epochs * epoch_size, final_lr, warmup_steps, warmup_begin_lr)
-    else:
-        raise ConfigError(f"unknown lr schedule {kind!r}; valid: {', '.join(SCHEDULES)}")
-    schedule.num_update = epoch_size * begin_epoch
-    return schedule
+        return CosineSchedule(lr, num_epochs * epoch_size, final_lr, warmup_steps, warmup_begin_lr)
+    raise ConfigError(f"unknown lr schedule {kind!r}; valid: {', '.join(SCHEDULES)}")

@@ -23,13 +23,11 @@ class UpdaterSettings:
 
 
 class Updater:
-    """Owns an optimizer over `parameters` and the count of updates the lr schedule reads."""
+    """Owns an optimizer over `parameters`. The fit loop counts the updates and hands each its lr."""
 
-    def __init__(self, parameters: list[torch.Tensor], settings: UpdaterSettings, schedule):
+    def __init__(self, parameters: list[torch.Tensor], settings: UpdaterSettings):
         self.parameters = list(parameters)
-        self.schedule = schedule
         self.clip_gradient = settings.clip_gradient
-        self.num_update = 0
         if settings.optimizer == "sgd":
             self.optimizer = torch.optim.SGD(self.parameters, lr=settings.lr, momentum=settings.momentum,
                                              weight_decay=settings.weight_decay,
@@ -37,12 +35,7 @@ class Updater:
         else:
             self.optimizer = torch.optim.Adam(self.parameters, lr=settings.lr, weight_decay=settings.weight_decay)
 
-    @property
-    def lr(self) -> float:
-        """The lr of the next update."""
-        return self.schedule.lr_at(self.num_update + 1)
-
-    def step(self, scale: float) -> None:
+    def step(self, scale: float, lr: float) -> None:
         """Updates the parameters from their `.grad`, which hold sums over samples; `scale` = 1 / samples."""
         gradients = [p.grad for p in self.parameters if p.grad is not None]
         torch._foreach_mul_(gradients, scale)
@@ -50,16 +43,13 @@ class Updater:
             # MXNet's clip_gradient clips each element to [-c, c], not the norm.
             torch._foreach_clamp_min_(gradients, -self.clip_gradient)
             torch._foreach_clamp_max_(gradients, self.clip_gradient)
-        lr = self.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        self.num_update += 1
 
     def state_dict(self) -> dict:
         """A copy: torch's own shares the live momentum tensors, which the next step changes in place."""
-        return {"optimizer": copy.deepcopy(self.optimizer.state_dict()), "num_update": self.num_update}
+        return {"optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.num_update = int(state["num_update"])

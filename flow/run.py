@@ -197,7 +197,7 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         # fit.py's ResizeIter: shards may differ in batches, but every process must run every update.
         train_loader = dataclasses.replace(train_loader, epoch_batches=epoch_size)
 
-    begin_epoch, updater_state, model_state = saving.load_epoch, None, None
+    begin_epoch, begin_update, updater_state, model_state = saving.load_epoch, 0, None, None
     if begin_epoch > train.num_epochs:
         raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is past train.num_epochs ({train.num_epochs}): "
                           f"nothing to train; raise train.num_epochs or load an earlier epoch")
@@ -208,15 +208,14 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
         model_state, states = checkpoints.load_checkpoint(saving.model_prefix, begin_epoch)
-        updater_state = states["updater"]
+        begin_update, updater_state = states["num_update"], states["updater"]
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
     schedule = build_schedule(
         train.lr_schedule, train.lr, epoch_size=epoch_size, num_epochs=train.num_epochs,
-        lr_factor=train.lr_factor, lr_step_epochs=train.lr_step_epochs, begin_epoch=begin_epoch,
+        lr_factor=train.lr_factor, lr_step_epochs=train.lr_step_epochs,
         warmup_steps=math.ceil(train.warmup_epochs * epoch_size), warmup_begin_lr=train.warmup_begin_lr)
-    begin_update = updater_state["num_update"] if updater_state else epoch_size * begin_epoch
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
                  train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
                  writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings)
@@ -310,7 +309,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     updater_settings = builders.updater_settings(config.train)
 
     def make_updater(parameters: list[torch.Tensor]) -> Updater:
-        updater = Updater(parameters, updater_settings, plan.schedule)
+        updater = Updater(parameters, updater_settings)
         if plan.updater_state is not None:
             updater.load_state_dict(plan.updater_state)
         return updater

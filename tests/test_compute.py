@@ -1,0 +1,221 @@
+"""The compute actor alone, driven through its channels: what it answers, in which order, how it
+holds back, fails and stops. Its torch work runs in a worker thread, so these tests keep real time
+(each bounded by `LIMIT`) rather than Trio's mock clock."""
+
+import threading
+import time
+
+import pytest
+import torch
+import trio
+
+from flow.actors.compute import (ComputeSettings, EvalResult, EvalSlice, ReplicaState, SnapshotRequest, TrainResult,
+                                 TrainSlice, compute)
+from flow.errors import unwrapped_errors
+from flow.optim import Updater, UpdaterSettings
+from flow.run import softmax_cross_entropy
+
+LIMIT = 10  # seconds; every step here takes milliseconds
+SETTINGS = ComputeSettings("cpu", replica=0, precision="fp32", seed=0)
+
+
+def tiny_net():
+    """The same weights every time, without touching torch's global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+
+
+def batch(size=4, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(size, 3, 2, 2, generator=generator), torch.randint(0, 3, (size,), generator=generator).float()
+
+
+def plain_sgd(parameters):
+    return Updater(parameters, UpdaterSettings("sgd", lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                                               clip_gradient=0.0))
+
+
+def train_slice(data, label, *, weight=None, scale=1.0, lr=0.1, weights=None, epoch=0):
+    return TrainSlice(epoch, data, label, weight, scale, lr, weights)
+
+
+def summed_gradients(net, data, label, weight=None):
+    """What a replica must send the parameter server: the loss summed over the real samples, differentiated."""
+    net.zero_grad()
+    loss = softmax_cross_entropy(net(data), label)
+    (loss if weight is None else loss * weight).sum().backward()
+    return [p.grad.clone() for p in net.parameters()]
+
+
+async def snapshot(work_send) -> ReplicaState:
+    reply_send, reply_receive = trio.open_memory_channel(1)
+    await work_send.send(SnapshotRequest(None, reply_send))
+    return await reply_receive.receive()
+
+
+async def start(nursery, net, *, make_updater=None, work_size=8, result_size=8):
+    """A started compute actor: (its work channel, its result channel)."""
+    work_send, work_receive = trio.open_memory_channel(work_size)
+    result_send, result_receive = trio.open_memory_channel(result_size)
+    await nursery.start(compute, SETTINGS, net, softmax_cross_entropy, work_receive, result_send, make_updater)
+    return work_send, result_receive
+
+
+async def test_answers_each_slice_in_order_with_its_outputs_and_summed_gradients():
+    data, label = batch()
+    weight = torch.tensor([1.0, 1.0, 1.0, 0.0])  # the last sample is a pad: no loss
+    reference = tiny_net()
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            work_send, results = await start(nursery, tiny_net())
+            async with work_send:
+                await work_send.send(train_slice(data, label, weight=weight))
+                await work_send.send(EvalSlice(data[:2], None))
+                await work_send.send(train_slice(data[2:], label[2:]))
+            answers = [answer async for answer in results]  # the actor ends once its work channel does
+    assert [type(answer) for answer in answers] == [TrainResult, EvalResult, TrainResult]
+    assert all(answer.replica == 0 for answer in answers)
+    with torch.no_grad():
+        probabilities = torch.softmax(reference(data), dim=1)
+    torch.testing.assert_close(answers[0].outputs, probabilities)
+    torch.testing.assert_close(answers[1].outputs, probabilities[:2])
+    torch.testing.assert_close(answers[2].outputs, probabilities[2:])
+    for got, expected in zip(answers[0].gradients, summed_gradients(reference, data, label, weight)):
+        torch.testing.assert_close(got, expected)
+    for got, expected in zip(answers[2].gradients, summed_gradients(reference, data[2:], label[2:])):
+        torch.testing.assert_close(got, expected)
+
+
+async def test_a_frozen_parameter_has_no_gradient():
+    net = tiny_net()
+    net[1].bias.requires_grad_(False)
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            work_send, results = await start(nursery, net)
+            await work_send.send(train_slice(*batch()))
+            result = await results.receive()
+            work_send.close()
+    weight_gradient, bias_gradient = result.gradients
+    assert bias_gradient is None and weight_gradient.abs().sum() > 0
+
+
+async def test_loads_the_weights_a_slice_brings_before_computing():
+    data, label = batch()
+    zeros = [torch.zeros_like(p) for p in tiny_net().parameters()]
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            work_send, results = await start(nursery, tiny_net())
+            await work_send.send(EvalSlice(data, zeros))
+            evaluated = await results.receive()
+            await work_send.send(EvalSlice(data, None))  # None: keep what it has
+            again = await results.receive()
+            state = await snapshot(work_send)
+            work_send.close()
+    torch.testing.assert_close(evaluated.outputs, torch.full((4, 3), 1 / 3))  # zero logits: uniform
+    assert torch.equal(again.outputs, evaluated.outputs)
+    assert all(torch.equal(tensor, torch.zeros_like(tensor)) for tensor in state.model.values())
+
+
+async def test_a_replica_with_its_own_updater_steps_at_each_slices_lr_and_scale():
+    data, label = batch()
+    reference = tiny_net()
+    first = summed_gradients(reference, data, label)
+    with torch.no_grad():
+        for parameter, gradient in zip(reference.parameters(), first):
+            parameter -= 0.5 * gradient / 4
+    second = summed_gradients(reference, data, label)
+    with torch.no_grad():
+        for parameter, gradient in zip(reference.parameters(), second):
+            parameter -= 0.25 * gradient / 4
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            work_send, results = await start(nursery, tiny_net(), make_updater=plain_sgd)
+            before = await snapshot(work_send)
+            await work_send.send(train_slice(data, label, scale=1 / 4, lr=0.5))
+            await work_send.send(train_slice(data, label, scale=1 / 4, lr=0.25))
+            state = await snapshot(work_send)  # sent behind both slices: taken after both updates
+            trained = [await results.receive(), await results.receive()]
+            work_send.close()
+    assert [result.gradients for result in trained] == [None, None]  # it updated itself: nothing to send
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(state.model[name], tensor)
+    assert set(state.updater) == {"optimizer"}
+    # a snapshot is a copy: the steps after it leave it as it was
+    assert all(torch.equal(before.model[name], tensor) for name, tensor in tiny_net().state_dict().items())
+
+
+async def test_a_snapshot_comes_back_on_its_own_reply_not_among_the_results():
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            work_send, results = await start(nursery, tiny_net())
+            state = await snapshot(work_send)
+            work_send.close()
+            leftovers = [result async for result in results]
+    assert leftovers == []
+    assert state.updater is None  # no updater of its own: the parameter server holds that state
+    assert all(torch.equal(state.model[name], tensor) for name, tensor in tiny_net().state_dict().items())
+
+
+async def test_holds_back_when_nobody_takes_its_results():
+    data, label = batch()
+    sent = 0
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            work_send, results = await start(nursery, tiny_net(), work_size=1, result_size=1)
+            with trio.move_on_after(1):
+                for _ in range(20):
+                    await work_send.send(EvalSlice(data, None))
+                    sent += 1
+            # 1 result in its channel, 1 queued for the actor, and what the actor holds: the step whose
+            # result waits for room, and the steps it took in the same thread call (what was queued then)
+            assert 3 <= sent <= 5
+            work_send.close()
+            answered = [result async for result in results]
+    assert len(answered) == sent
+
+
+async def test_an_error_in_the_model_comes_out_as_itself_and_closes_its_channels():
+    class Broken(torch.nn.Module):
+        def forward(self, data):
+            raise ArithmeticError("broken model")
+
+    with trio.fail_after(LIMIT):
+        with pytest.raises(ArithmeticError, match="broken model"):
+            with unwrapped_errors():
+                async with trio.open_nursery() as nursery:
+                    work_send, results = await start(nursery, Broken())
+                    await work_send.send(EvalSlice(batch()[0], None))
+                    await trio.sleep_forever()
+    with pytest.raises(trio.EndOfChannel):
+        results.receive_nowait()
+    with pytest.raises(trio.BrokenResourceError):
+        work_send.send_nowait(EvalSlice(batch()[0], None))
+
+
+async def test_cancelling_waits_for_the_step_in_its_thread_and_no_longer():
+    entered, finished = threading.Event(), threading.Event()
+    calls = []
+
+    class Slow(torch.nn.Module):
+        def forward(self, data):
+            calls.append(len(data))
+            entered.set()
+            time.sleep(0.5)
+            finished.set()
+            return data.flatten(1)[:, :3]
+
+    with trio.fail_after(LIMIT):
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                work_send, results = await start(nursery, Slow())
+                await work_send.send(EvalSlice(batch()[0], None))
+                while not entered.is_set():
+                    await trio.sleep(0.01)
+                await work_send.send(EvalSlice(batch()[0], None))  # queued behind the step under way
+                scope.cancel()
+    assert scope.cancelled_caught
+    assert finished.is_set()  # no thread of the actor is left running
+    assert calls == [4]  # the queued step never started
+    with pytest.raises(trio.EndOfChannel):
+        results.receive_nowait()
