@@ -35,4 +35,5 @@ def _as_batch(epoch: int, index: int, item) -> Batch:
         data, label = item
     except (TypeError, ValueError):
         raise FlowError(f"custom data: batch {index} of epoch {epoch} is not a Batch or a (data, label) pair") from None
-    return Batch(epoch, index, torch.as_tensor(data), torch.as_tensor(label), 0)
+    as_tensor = lambda array: array if isinstance(array, torch.Tensor) else torch.as_tensor(array)  # noqa: E731
+    return Batch(epoch, index, as_tensor(data), as_tensor(label), 0)
