@@ -35,4 +35,9 @@ def _as_batch(epoch: int, index: int, item) -> Batch:
         data, label = item
     except (TypeError, ValueError):
         raise FlowError(f"custom data: batch {index} of epoch {epoch} is not a Batch or a (data, label) pair") from None
-    return Batch(epoch, index, torch.as_tensor(data), torch.as_tensor(label), 0)
+    return Batch(epoch, index, _tensor(data), _tensor(label), 0)
+
+
+def _tensor(array) -> torch.Tensor:
+    # Tensors pass as they are: torch.as_tensor would be a torch call per array on the Trio thread, every step.
+    return array if isinstance(array, torch.Tensor) else torch.as_tensor(array)

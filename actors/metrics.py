@@ -57,7 +57,10 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
         async for message in output_channel:
             if isinstance(message, Outputs):
                 metric = train_metric if message.split == "train" else val_metric
-                metric.update(message.label[: message.samples], message.outputs[: message.samples])
+                label, outputs = message.label, message.outputs
+                if message.samples < len(label):  # the pads count in no metric
+                    label, outputs = label[: message.samples], outputs[: message.samples]
+                metric.update(label, outputs)
                 if message.split != "train":
                     continue
                 # Speedometer: the first batch of an epoch starts the clock; every disp_batches

@@ -126,11 +126,15 @@ class _Loop:
         for replica, (start, stop) in enumerate(bounds):
             if stop > start:
                 weights, self.unloaded_weights[replica] = self.unloaded_weights[replica], None
+                # One device takes the whole batch: no slicing, as every torch call on the Trio thread
+                # may wait for the GIL that the worker thread holds.
+                whole = (start, stop) == (0, size)
+                data = batch.data if whole else batch.data[start:stop]
                 if training:
-                    message = TrainSlice(epoch, batch.data[start:stop], batch.label[start:stop],
+                    message = TrainSlice(epoch, data, batch.label if whole else batch.label[start:stop],
                                          None if weight is None else weight[start:stop], 1.0 / real, lr, weights)
                 else:
-                    message = EvalSlice(batch.data[start:stop], weights)
+                    message = EvalSlice(data, weights)
                 await self.channels.work[replica].send(message)
                 slices += 1
         self.in_flight.append(_Step(epoch, index, batch.label, real, slices, num_update, lr))

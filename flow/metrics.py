@@ -29,7 +29,7 @@ def _as_numpy(array: Any) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         if array.dtype == torch.bfloat16:  # numpy has no bfloat16
             array = array.float()
-        return array.detach().cpu().numpy()
+        return array.numpy(force=True)  # detach, cpu and numpy in one torch call
     return np.asarray(array)
 
 
