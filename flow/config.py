@@ -23,7 +23,10 @@ from flow.errors import ConfigError
 def knob(default: Any, expect: str | None = None, check: Callable[[Any], bool] | None = None,
          choices: tuple[str, ...] | None = None, path: bool = False) -> Any:
     """A config field: its default, and what a valid value is (checked on load)."""
-    return field(default=default, metadata={"expect": expect, "check": check, "choices": choices, "path": path})
+    metadata = {"expect": expect, "check": check, "choices": choices, "path": path}
+    if isinstance(default, dict):  # mutable: every config gets its own copy
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _positive(value) -> bool:
@@ -106,8 +109,7 @@ class ModelConfig:
     pretrained_prefix: str = knob("", path=True)  # fine-tune: checkpoint to start from
     pretrained_epoch: int = knob(0, "a non-negative integer", _non_negative)
     layer_before_fullc: str = knob("")  # fine-tune: module name the new classifier goes after
-    # The network's own keyword arguments, e.g. { hidden = 256 } for lenet; a dict default needs a factory.
-    options: dict = field(default_factory=dict, metadata=knob(None).metadata)
+    options: dict = knob({})  # the network's own keyword arguments, e.g. { hidden = 256 } for lenet
 
 
 @dataclass(frozen=True)

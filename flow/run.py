@@ -167,6 +167,14 @@ class _Plan:
 
 def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -> _Plan:
     data, train, saving = config.data, config.train, config.checkpoint
+    # Before any file is read or process group joined: a run with nothing to train says so at once.
+    begin_epoch = saving.load_epoch
+    if begin_epoch > train.num_epochs:
+        raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is past train.num_epochs ({train.num_epochs}): "
+                          f"nothing to train; raise train.num_epochs or load an earlier epoch")
+    if begin_epoch == train.num_epochs:  # e.g. --resume after the run finished
+        raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is train.num_epochs: nothing left to train; "
+                          f"raise train.num_epochs to train more")
     cluster = join(train.kv_store, train.devices)
     train_loader = val_loader = None
     if train_data is None:
@@ -197,13 +205,7 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         # fit.py's ResizeIter: shards may differ in batches, but every process must run every update.
         train_loader = dataclasses.replace(train_loader, epoch_batches=epoch_size)
 
-    begin_epoch, begin_update, updater_state, model_state = saving.load_epoch, 0, None, None
-    if begin_epoch > train.num_epochs:
-        raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is past train.num_epochs ({train.num_epochs}): "
-                          f"nothing to train; raise train.num_epochs or load an earlier epoch")
-    if begin_epoch == train.num_epochs:  # e.g. --resume after the run finished
-        raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is train.num_epochs: nothing left to train; "
-                          f"raise train.num_epochs to train more")
+    begin_update, updater_state, model_state = 0, None, None
     if begin_epoch:
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
