@@ -181,8 +181,6 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         if not data.data_train and not data.benchmark:
             raise ConfigError("data.data_train: expected the training .rec file, got nothing")
         train_loader = builders.loader_settings(data, "train", train.seed)
-        if cluster.world_size > 1:  # each process its own shard, as fit.py: num_parts = workers, part_index = rank
-            train_loader = dataclasses.replace(train_loader, num_parts=cluster.world_size, part_index=cluster.rank)
         if data.data_val and val_data is None:
             val_loader = builders.loader_settings(data, "val", train.seed)
     train_records = loader_actor.record_table(train_loader) if train_loader else None
@@ -202,8 +200,10 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     else:
         epoch_size = 1  # a constant lr: the count never matters
     if train_loader is not None and cluster.world_size > 1:
-        # fit.py's ResizeIter: shards may differ in batches, but every process must run every update.
-        train_loader = dataclasses.replace(train_loader, epoch_batches=epoch_size)
+        # Each process its own shard, as fit.py (num_parts = workers, part_index = rank), all of one
+        # length in batches, as fit.py's ResizeIter: shards may differ, but every process runs every update.
+        train_loader = dataclasses.replace(train_loader, num_parts=cluster.world_size, part_index=cluster.rank,
+                                           epoch_batches=epoch_size)
 
     begin_update, updater_state, model_state = 0, None, None
     if begin_epoch:
