@@ -51,10 +51,18 @@ class EvalMetric:
         self.reset()
 
     def update(self, labels: Any, outputs: Any) -> None:
+        self.add(self.statistics(labels, outputs))
+
+    def statistics(self, labels: Any, outputs: Any) -> tuple[float, float]:
+        """What one update adds, as (sum, count), without adding it: computed where the outputs are
+        (flow's compute actors), added by whoever keeps the figures (the metric actor)."""
         labels, outputs = _as_list(labels), _as_list(outputs)
         if len(labels) != len(outputs):
             raise ValueError(f"metric {self.name}: {len(labels)} label arrays but {len(outputs)} outputs")
-        total, count = self._statistics(labels, outputs)
+        return self._statistics(labels, outputs)
+
+    def add(self, statistics: tuple[float, float]) -> None:
+        total, count = statistics
         self.sum_metric += total
         self.num_inst += count
         self.global_sum_metric += total
@@ -222,10 +230,13 @@ class CompositeMetric(EvalMetric):
         self.metrics = list(metrics)
         super().__init__("composite")
 
-    def update(self, labels: Any, outputs: Any) -> None:
+    def statistics(self, labels: Any, outputs: Any) -> tuple:
         labels, outputs = _as_list(labels), _as_list(outputs)  # convert once for every child
-        for metric in self.metrics:
-            metric.update(labels, outputs)
+        return tuple(metric.statistics(labels, outputs) for metric in self.metrics)
+
+    def add(self, statistics: tuple) -> None:
+        for metric, child_statistics in zip(self.metrics, statistics):
+            metric.add(child_statistics)
 
     def reset_local(self) -> None:
         for metric in self.metrics:

@@ -41,7 +41,7 @@ from flow.distributed import Cluster, join
 from flow.errors import ConfigError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished, Validation
-from flow.fit import FitChannels, fit, steps_in_flight
+from flow.fit import FitChannels, fit
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
 from flow.recordio import RecordTable
@@ -332,8 +332,13 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         await nursery.start(param_server, builders.server_settings(config.train), weights, make_updater,
                             server_receive, server_reply_send)
 
+    settings = builders.fit_settings(config, server=server, begin_epoch=plan.begin_epoch,
+                                     begin_update=plan.begin_update,
+                                     num_parameters=sum(p.numel() for p in plan.model.parameters()),
+                                     schedule=plan.schedule, model_spec=plan.model_spec,
+                                     batches_per_epoch=plan.batches_per_epoch)
     # Sized so that neither the loop nor a device ever waits on the other to make room.
-    in_flight = steps_in_flight(server)
+    in_flight = settings.steps_in_flight
     result_send, result_receive = trio.open_memory_channel(in_flight * len(devices))
     work_sends = []
     for replica in range(len(devices)):
@@ -346,7 +351,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     result_send.close()
 
     epochs = config.train.num_epochs - plan.begin_epoch
-    train_send, train_receive = trio.open_memory_channel(0)
+    train_send, train_receive = trio.open_memory_channel(0 if plan.train_loader is not None else in_flight)
     if plan.train_loader is not None:
         nursery.start_soon(loader_actor.loader, plan.train_loader, plan.train_records, train_send,
                            plan.begin_epoch, epochs)
@@ -361,10 +366,6 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         else:
             nursery.start_soon(feed, plan.val_data, val_send, plan.begin_epoch, epochs)
 
-    settings = builders.fit_settings(config, begin_epoch=plan.begin_epoch, begin_update=plan.begin_update,
-                                     num_parameters=sum(p.numel() for p in plan.model.parameters()),
-                                     schedule=plan.schedule, model_spec=plan.model_spec,
-                                     batches_per_epoch=plan.batches_per_epoch)
     channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
                            server_reply_receive, output_send, save_send, actor_event_send())
     summary_send, summary_receive = trio.open_memory_channel(1)
