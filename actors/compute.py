@@ -140,13 +140,12 @@ class _Replica:
         label = work.label.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
-        with self.random.active():
-            with self.autocast():
-                logits = self.model(data)
-            loss = self.loss_fn(logits.float(), label)
-            if work.weight is not None:
-                loss = loss * work.weight.to(self.device, non_blocking=True)
-            loss.sum().backward()
+        with self.autocast():
+            logits = self.model(data)
+        loss = self.loss_fn(logits.float(), label)
+        if work.weight is not None:
+            loss = loss * work.weight.to(self.device, non_blocking=True)
+        loss.sum().backward()
         statistics = self.statistics(work.label, logits.detach(), work.samples)
         if self.updater is not None:
             self.updater.step(work.scale, work.lr)
@@ -168,8 +167,10 @@ class _Replica:
         metrics read: SoftmaxOutput's), float32 on the CPU."""
         if samples == 0:
             return None
-        probabilities = torch.softmax(logits[:samples].float(), dim=1).cpu()
-        return self.metric.statistics(label[:samples], probabilities)
+        if samples < len(label):
+            label, logits = label[:samples], logits[:samples]
+        probabilities = torch.softmax(logits.float(), dim=1)
+        return self.metric.statistics(label, probabilities if self.device.type == "cpu" else probabilities.cpu())
 
     @torch.no_grad()
     def snapshot(self, request: SnapshotRequest) -> ReplicaState:
@@ -178,8 +179,9 @@ class _Replica:
         return ReplicaState(model, None if self.updater is None else self.updater.state_dict())
 
     def run(self, messages: list) -> list:
-        """Each message's answer, in order."""
-        return [self.steps[type(message)](message) for message in messages]
+        """Each message's answer, in order; the replica's random state is the live one meanwhile."""
+        with self.random.active():
+            return [self.steps[type(message)](message) for message in messages]
 
 
 # torch has one CPU generator a process: the CPU replicas of every run take turns with it.
@@ -189,8 +191,8 @@ _CPU_GENERATOR_TURN = threading.Lock()
 class _ReplicaRandom:
     """The random numbers a replica's training steps draw (dropout and friends), apart from the process's.
 
-    torch's ops draw from its default generators (the CPU's, and one per GPU). Around each step
-    this swaps the replica's own state in and the process's back, so that a run leaves the
+    torch's ops draw from its default generators (the CPU's, and one per GPU). Around each thread
+    call (the steps it runs) this swaps the replica's own state in and the process's back, so that a run leaves the
     caller's torch RNG as it found it and a resumed run replays the same draws. A GPU replica
     owns its device's generator; CPU replicas share the CPU's, so they take turns.
     """
@@ -202,19 +204,26 @@ class _ReplicaRandom:
             self.generator, self.turn = torch.cuda.default_generators[index], contextlib.nullcontext()
         else:
             self.generator, self.turn = torch.default_generator, _CPU_GENERATOR_TURN
-        self.state: torch.Tensor | None = None
+        self.state = torch.Generator(device=device).get_state()  # replaced by seed() before any draw
+        self.is_active = False
 
     def seed(self, seed: int) -> None:
-        self.state = torch.Generator(device=self.device).manual_seed(seed).get_state()
+        state = torch.Generator(device=self.device).manual_seed(seed).get_state()
+        if self.is_active:
+            self.generator.set_state(state)
+        else:
+            self.state = state
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         with self.turn:
             saved = self.generator.get_state()
             self.generator.set_state(self.state)
+            self.is_active = True
             try:
                 yield
             finally:
+                self.is_active = False
                 self.state = self.generator.get_state()
                 self.generator.set_state(saved)
 
