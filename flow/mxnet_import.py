@@ -38,7 +38,7 @@ class Layer:
 @dataclass(frozen=True)
 class Symbol:
     layers: dict[str, Layer]  # by name, in graph order
-    variables: dict[str, str]  # every input variable (weights, aux states, data, labels) -> the layer it feeds
+    variables: frozenset[str]  # the layers' inputs: weights, aux states, data, labels
     renamed: dict[str, str]  # auto-numbered layer names as saved -> as counted from 0
 
     def array_name(self, key: str) -> str:
@@ -66,19 +66,19 @@ def read_symbol(path: str | os.PathLike) -> Symbol:
         raise MXNetImportError("not an MXNet symbol file: no 'nodes' list of {op, name, inputs}", path)
     renamed = _auto_names_from_zero(nodes)
     layers: dict[str, Layer] = {}
-    variables: dict[str, str] = {}
+    variables: set[str] = set()
     for node in nodes:
         if node["op"] == "null":
             continue
         name = renamed.get(node["name"], node["name"])
         layers[name] = Layer(node["op"], node.get("attrs") or node.get("param") or node.get("attr") or {})
-        for source, *_ in node.get("inputs", []):
+        for entry in node.get("inputs", []):  # [node index, output index, version]
+            source = entry[0] if isinstance(entry, list) and entry else None
             if not isinstance(source, int) or not 0 <= source < len(nodes):
-                raise MXNetImportError(f"layer {node['name']!r} has an input {source!r} that is no node", path)
-            feeding = nodes[source]
-            if feeding["op"] == "null":
-                variables.setdefault(_renamed_variable(feeding["name"], renamed), name)
-    return Symbol(layers, variables, renamed)
+                raise MXNetImportError(f"layer {node['name']!r} has an input {entry!r} that is no node", path)
+            if nodes[source]["op"] == "null":
+                variables.add(_renamed_variable(nodes[source]["name"], renamed))
+    return Symbol(layers, frozenset(variables), renamed)
 
 
 def _auto_names_from_zero(nodes: list[dict]) -> dict[str, str]:
@@ -177,20 +177,27 @@ def _layer_problems(symbol: Symbol, targets: dict[str, _Target]) -> list[str]:
                                     f"{tuple(getattr(module, attribute))} in flow")
             if int(layer.attrs.get("num_group", 1)) != module.groups:
                 problems.append(f"{target.layer} has num_group {layer.attrs.get('num_group')} in MXNet, {module.groups} in flow")
+        elif op == "FullyConnected" and not _flag(layer, "flatten", True):
+            problems.append(f"{target.layer} does not flatten its input in MXNet (flatten False); flow's does")
         elif op == "BatchNorm":
             eps = float(layer.attrs.get("eps", 1e-3))  # MXNet's BatchNorm defaults
             flow_eps = target.module.norm.eps if isinstance(target.module, FixedGammaBatchNorm) else target.module.eps
             if abs(eps - flow_eps) > 1e-9:
                 problems.append(f"{target.layer} has eps {eps:g} in MXNet, {flow_eps:g} in flow")
-            if isinstance(target.module, FixedGammaBatchNorm) and layer.attrs.get("fix_gamma", "True") != "True":
+            if isinstance(target.module, FixedGammaBatchNorm) and not _flag(layer, "fix_gamma", True):
                 problems.append(f"{target.layer} learns gamma in MXNet (fix_gamma False); flow's fixes it at 1")
     return problems
+
+
+def _flag(layer: Layer, key: str, default: bool) -> bool:
+    """A boolean attribute as the symbol spells it (Python's True/False, or 1/0)."""
+    return str(layer.attrs.get(key, default)).lower() in ("true", "1")
 
 
 def _fixes_gamma(symbol: Symbol, layer: str) -> bool:
     """MXNet's BatchNorm(fix_gamma=True), its default: the forward pass uses 1, whatever gamma was saved."""
     found = symbol.layers.get(layer)
-    return found is not None and found.op == "BatchNorm" and found.attrs.get("fix_gamma", "True") == "True"
+    return found is not None and found.op == "BatchNorm" and _flag(found, "fix_gamma", True)
 
 
 def _num_classes(symbol: Symbol, arrays: dict, symbol_file: Path, params_file: Path) -> int:
@@ -259,7 +266,7 @@ def import_model(prefix: str, epoch: int, network: str, image_shape, num_layers:
         values = arrays[key]
         if key.endswith("_gamma") and _fixes_gamma(symbol, target.layer):
             values = np.ones_like(values)
-        state[target.state_key] = torch.from_numpy(np.array(values, dtype=np.float32)).to(state[target.state_key].dtype)
+        state[target.state_key] = torch.as_tensor(values, dtype=state[target.state_key].dtype)
     model.load_state_dict(state)
     return model, spec
 
