@@ -35,7 +35,7 @@ from flow.actors.checkpoint import checkpoint
 from flow.actors.compute import compute
 from flow.actors.metrics import metrics
 from flow.actors.param_server import param_server
-from flow import builders, checkpoints, models
+from flow import builders, checkpoints, models, mxnet_import
 from flow.config import Config
 from flow.distributed import Cluster, join
 from flow.errors import ConfigError, first_cause, unwrapped_errors
@@ -211,6 +211,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
         model_state, states = checkpoints.load_checkpoint(saving.model_prefix, begin_epoch)
         begin_update, updater_state = states["num_update"], states["updater"]
+        if begin_update is None:  # imported from MXNet, which counts no updates: as fit.py, epochs x epoch size
+            begin_update = begin_epoch * epoch_size
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
@@ -258,9 +260,7 @@ def _built_model(config: Config) -> tuple[torch.nn.Module, dict | None]:
     generator = torch.Generator().manual_seed(derive_seed(config.train.seed, "init"))
     initializer = network.initializer if network.initializer != "auto" else models.default_initializer(network.network)
     if network.pretrained_prefix:
-        spec = checkpoints.load_model_spec(network.pretrained_prefix)
-        pretrained = models.build_from_spec(spec)
-        pretrained.load_state_dict(checkpoints.load_checkpoint(network.pretrained_prefix, network.pretrained_epoch)[0])
+        pretrained, spec = _pretrained(config)
         tuned = models.fine_tune(pretrained, data.num_classes, network.layer_before_fullc or None,
                                  image_shape=data.image_shape, initializer=initializer, generator=generator)
         return tuned, models.with_fine_tune(spec, data.num_classes, network.layer_before_fullc or None, data.image_shape)
@@ -269,6 +269,20 @@ def _built_model(config: Config) -> tuple[torch.nn.Module, dict | None]:
     models.initialize(built, initializer, generator)
     return built, models.model_spec(network.network, data.num_classes, data.image_shape, network.num_layers,
                                     **network.options)
+
+
+def _pretrained(config: Config) -> tuple[torch.nn.Module, dict]:
+    """model.pretrained_prefix's model and spec: a flow checkpoint, or an MXNet one (its magic says
+    which), loaded into model.network for data.image_shape."""
+    network = config.model
+    prefix, epoch = network.pretrained_prefix, network.pretrained_epoch
+    if mxnet_import.is_mxnet_checkpoint(prefix, epoch):
+        return mxnet_import.import_model(prefix, epoch, network.network, config.data.image_shape,
+                                         network.num_layers, network.options)
+    spec = checkpoints.load_model_spec(prefix)
+    pretrained = models.build_from_spec(spec)
+    pretrained.load_state_dict(checkpoints.load_checkpoint(prefix, epoch)[0])
+    return pretrained, spec
 
 
 async def _training(config: Config, plan: _Plan, loss: Callable, event_send: trio.MemorySendChannel,
