@@ -55,6 +55,20 @@ def test_aug_level_fills_only_unset_knobs():
     ({"data": {"num_parts": 2, "part_index": 2}}, r"data.part_index: expected an integer below data.num_parts"),
     ({"train": {"batch_size": 64}}, r"unknown key train.batch_size; it belongs in \[data\]: data.batch_size$"),
     ({"data": {"lr": 0.1}}, r"unknown key data.lr; it belongs in \[train\]: train.lr$"),
+    ({"train": {"lr": float("inf")}}, r"train.lr: expected a finite float, got inf"),
+    ({"train": {"wd": float("inf")}}, r"train.wd: expected a finite float, got inf"),
+    ({"train": {"mom": float("nan")}}, r"train.mom: expected a finite float, got nan"),
+    ({"train": {"clip_gradient": float("inf")}}, r"train.clip_gradient: expected a finite float, got inf"),
+    ({"data": {"rgb_mean": [float("nan"), 0, 0]}}, r"data.rgb_mean: expected a finite float, got nan"),
+    ({"data": {"rgb_std": [float("inf"), 1, 1]}}, r"data.rgb_std: expected a finite float, got inf"),
+    ({"data": {"rgb_std": [1, 0, 1]}}, r"data.rgb_std: expected 3 positive floats, got \(1.0, 0.0, 1.0\)"),
+    ({"data": {"rgb_std": "1,-1,1"}}, r"data.rgb_std: expected 3 positive floats"),
+    ({"data": {"batch_size": 10**12}}, r"data.batch_size: expected a positive integer, at most 2\*\*24, got 1000000000000"),
+    ({"data": {"batch_size": 2**24, "image_shape": [3, 60000, 60000]}},
+     r"data.batch_size: a batch of 16777216 images of \(3, 60000, 60000\) is .* GiB, more than this machine's memory"),
+    ({"data": {"num_classes": 2**40}}, r"data.num_classes: expected a positive integer, at most 2\*\*24"),
+    ({"data": {"data_nthreads": 10**6}}, r"data.data_nthreads: expected a positive integer, at most 1024"),
+    ({"data": {"max_image_pixels": 0}}, r"data.max_image_pixels: expected a positive integer, got 0"),
 ])
 def test_bad_config_says_which_key_and_what_is_expected(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -68,6 +82,15 @@ def test_bad_override_and_bad_toml(tmp_path):
         load_config(write(tmp_path, "[train\n"))
     with pytest.raises(ConfigError, match="missing.toml: no such file"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_a_config_path_that_is_no_readable_utf8_file_is_one_line(tmp_path):
+    path = tmp_path / "train.toml"
+    path.write_bytes(b'[train]\nlr = 0.1 # caf\xe9\n')
+    with pytest.raises(ConfigError, match=r"train.toml: at byte 22: not UTF-8 text \(TOML is UTF-8\): byte 0xe9"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=rf"{tmp_path}: is a folder, not a config file"):
+        load_config(tmp_path)
 
 
 def test_a_key_in_the_wrong_section_of_a_file_names_its_section(tmp_path):
