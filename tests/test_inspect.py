@@ -146,7 +146,7 @@ def test_missing_file_exits_1_with_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [f"flow inspect: error: {tmp_path / 'none.rec'}: no such file"]
 
 
-@settings(max_examples=fuzz_examples(60), deadline=None)
+@settings(max_examples=fuzz_examples(40), deadline=None)
 @given(EDITS, INDEX_LINES, st.booleans())
 def test_inspect_on_mutated_files_reports_never_raises(tmp_path_factory, edits, index_lines, as_json):
     """`flow inspect` over a damaged `.rec` and `.idx`: a report and exit 0 or 1, never a traceback."""

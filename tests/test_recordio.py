@@ -400,7 +400,7 @@ INDEX_LINES = st.lists(st.sampled_from(["0\t0", f"{2**63}\t0", "1\t-4", "1\t9999
                                         f"{10**30}\t{10**30}", "2\t4", "3\t24"]), max_size=3)
 
 
-@settings(max_examples=fuzz_examples(150), deadline=None)
+@settings(max_examples=fuzz_examples(100), deadline=None)
 @given(EDITS, INDEX_LINES, st.booleans(), st.booleans())
 def test_mutated_files_read_or_fail_with_flows_own_errors(tmp_path_factory, edits, index_lines, keep_index, skip):
     """The reader, the record table and the decoding of every usable image, over a damaged `.rec`
