@@ -50,7 +50,7 @@ def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
         last_batch=data.last_batch if train else "pad", layout=data.layout, label_width=data.label_width,
         skip_bad_records=data.skip_bad_records, mean=tuple(data.rgb_mean), std=tuple(data.rgb_std),
         augment=augmentation, seed=seed, benchmark=data.benchmark, num_classes=data.num_classes,
-        num_examples=data.num_examples)
+        num_examples=data.num_examples, max_image_pixels=data.max_image_pixels)
 
 
 def updater_settings(train: TrainConfig) -> UpdaterSettings:

@@ -38,7 +38,7 @@ from flow.actors.param_server import param_server
 from flow import builders, checkpoints, models, mxnet_import
 from flow.config import Config
 from flow.distributed import Cluster, join
-from flow.errors import ConfigError, first_cause, unwrapped_errors
+from flow.errors import ConfigError, RecordIOError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished, Validation
 from flow.fit import FitChannels, fit
@@ -188,6 +188,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     for settings, table in ((train_loader, train_records), (val_loader, val_records)):
         if table is not None:
             _check_label_width(settings, table)
+    if train_records is not None and not len(train_records):
+        raise RecordIOError("no records: nothing to train on (data.data_train)", train_loader.path)
     records = _record_count(train_loader, train_records) if train_loader else 0
     warnings = []
     if data.num_examples and data.num_examples < records and not data.benchmark and cluster.rank == 0:
