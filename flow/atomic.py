@@ -22,12 +22,20 @@ def replace_durably(tmp_path: Path, path: Path) -> None:
         os.close(folder)
 
 
+def make_parent_folder(path: Path) -> None:
+    """Makes the folder `path` goes in (and those above it); a regular file in its way is a FlowError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FlowError(f"cannot write: {path.parent} or a folder above it is a regular file", path) from None
+
+
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     """`path` holds `data` afterwards, or (after a crash or an error) whatever it held before."""
     path = Path(path)
     tmp_path = temporary_path(path)
+    make_parent_folder(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp_path, "wb") as file:
             file.write(data)
             file.flush()

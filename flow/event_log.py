@@ -12,6 +12,7 @@ from typing import Iterator
 
 import msgpack
 
+from flow.atomic import make_parent_folder
 from flow.errors import FlowError
 from flow.events import event_from_dict, event_to_dict
 
@@ -25,8 +26,11 @@ class EventLogWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab", buffering=0)  # unbuffered: each event reaches the OS whole
+        make_parent_folder(self.path)
+        try:
+            self._file = open(self.path, "ab", buffering=0)  # unbuffered: each event reaches the OS whole
+        except OSError as error:  # a read-only folder, say
+            raise FlowError(f"cannot write the event log: {error.strerror}", self.path) from None
         self._packer = msgpack.Packer(use_bin_type=True)
 
     def write(self, event) -> None:

@@ -118,7 +118,7 @@ def records_config(tmp_path):
                  "image_shape": [3, 32, 32], "num_classes": 10, "batch_size": 50, "num_examples": 100,
                  "data_nthreads": 1},
         "model": {"network": "mlp"},
-        "train": {"num_epochs": 2, "lr": 0.05, "disp_batches": 1},
+        "train": {"num_epochs": 2, "lr": 0.01, "disp_batches": 1},
         "checkpoint": {"model_prefix": str(tmp_path / "model")},
     })
 
