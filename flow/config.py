@@ -147,6 +147,7 @@ class CheckpointConfig:
     period: int = knob(1, "a positive integer", _positive)
     keep: int = knob(0, "a non-negative integer (0: keep all)", _non_negative)
     load_epoch: int = knob(0, "a non-negative integer (0: start fresh)", _non_negative)
+    resume: bool = knob(False)  # go on from the newest checkpoint that verifies (flow run --resume); load_epoch unused
 
 
 @dataclass(frozen=True)

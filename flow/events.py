@@ -33,6 +33,22 @@ class NumExamplesBelowRecords:
 
 
 @dataclass(frozen=True)
+class CheckpointsSkipped:
+    """At start-up: resuming passed over newer checkpoints that are incomplete or damaged."""
+
+    epoch: int  # the checkpoint resumed from
+    reasons: list[str]  # one for each checkpoint passed over, newest first: "file: what is wrong"
+
+
+@dataclass(frozen=True)
+class CheckpointUnverified:
+    """At start-up: the checkpoint loaded has no checksums (a flow from before them wrote it), so
+    damage to it would go unseen."""
+
+    path: str
+
+
+@dataclass(frozen=True)
 class BatchEnd:
     """Every `disp_batches` batches: Speedometer's figures since the last report (local metrics)."""
 
@@ -84,8 +100,9 @@ class RunFailed:
     message: str
 
 
-EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, BatchEnd, EpochEnd, Validation,
-                                             CheckpointSaved, RunFinished, RunFailed)}
+EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
+                                             CheckpointUnverified, BatchEnd, EpochEnd, Validation, CheckpointSaved,
+                                             RunFinished, RunFailed)}
 
 
 def event_to_dict(event) -> dict:

@@ -36,11 +36,12 @@ from flow.actors.compute import compute
 from flow.actors.metrics import metrics
 from flow.actors.param_server import param_server
 from flow import builders, checkpoints, models, mxnet_import
-from flow.config import Config
+from flow.config import CheckpointConfig, Config
 from flow.distributed import Cluster, join
-from flow.errors import ConfigError, RecordIOError, first_cause, unwrapped_errors
+from flow.errors import CheckpointError, ConfigError, RecordIOError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
-from flow.events import CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished, Validation
+from flow.events import (CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd, NumExamplesBelowRecords,
+                         RunFailed, RunFinished, Validation)
 from flow.fit import FitChannels, fit
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
@@ -167,8 +168,9 @@ class _Plan:
 
 def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -> _Plan:
     data, train, saving = config.data, config.train, config.checkpoint
-    # Before any file is read or process group joined: a run with nothing to train says so at once.
-    begin_epoch = saving.load_epoch
+    resumed, skipped = _resume_point(saving)
+    # Before any other file is read or process group joined: a run with nothing to train says so at once.
+    begin_epoch = resumed.epoch if resumed else 0 if saving.resume else saving.load_epoch
     if begin_epoch > train.num_epochs:
         raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is past train.num_epochs ({train.num_epochs}): "
                           f"nothing to train; raise train.num_epochs or load an earlier epoch")
@@ -211,10 +213,15 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     if begin_epoch:
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
-        model_state, states = checkpoints.load_checkpoint(saving.model_prefix, begin_epoch)
-        begin_update, updater_state = states["num_update"], states["updater"]
+        loaded = resumed or checkpoints.read_checkpoint(saving.model_prefix, begin_epoch)
+        model_state, begin_update = loaded.model_state, loaded.states["num_update"]
+        updater_state = loaded.states["updater"]
         if begin_update is None:  # imported from MXNet, which counts no updates: as fit.py, epochs x epoch size
             begin_update = begin_epoch * epoch_size
+        if not loaded.verified and cluster.rank == 0:
+            warnings.append(CheckpointUnverified(str(checkpoints.params_path(saving.model_prefix, begin_epoch))))
+    if skipped and cluster.rank == 0:
+        warnings.append(CheckpointsSkipped(begin_epoch, skipped))
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
@@ -225,6 +232,20 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
                  train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
                  writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings)
+
+
+def _resume_point(saving: CheckpointConfig) -> tuple[checkpoints.Checkpoint | None, list[str]]:
+    """With checkpoint.resume, the newest checkpoint that verifies (None: the prefix has none, a fresh
+    start) and the newer ones passed over, each with what is wrong with it."""
+    if not saving.resume:
+        return None, []
+    if not saving.model_prefix:
+        raise ConfigError("checkpoint.resume: needs checkpoint.model_prefix to find the checkpoints")
+    resumed, skipped = checkpoints.newest_checkpoint(saving.model_prefix)
+    if resumed is None and skipped:
+        raise CheckpointError(f"no checkpoint to resume from verifies: {'; '.join(skipped)}; move them away to "
+                              f"start afresh")
+    return resumed, skipped
 
 
 def _check_label_width(settings: loader_actor.LoaderSettings, table: RecordTable) -> None:

@@ -9,14 +9,16 @@ import pytest
 import flow
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.events import (BatchEnd, CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished,
-                         RunStarted, Validation)
+from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
+                         NumExamplesBelowRecords, RunFailed, RunFinished, RunStarted, Validation)
 from flow.run import open_run
 from tests.fixtures import MXNET_FIXTURES
 from tests.test_metrics import parse_log_regexes
 
 EVENTS = [
     NumExamplesBelowRecords(100, 200, "data/val.rec"),
+    CheckpointsSkipped(3, ["runs/m-0005.params: a", "runs/m-0004.states: b"]),
+    CheckpointUnverified("runs/m-0003.params"),
     RunStarted(0, 2, ["cpu"], "local", 1000, 4),
     BatchEnd(0, 2, 1234.5678, [("accuracy", 0.5), ("cross-entropy", 1.25)], 0.1, 0),
     EpochEnd(0, [("accuracy", 0.6), ("cross-entropy", 1.0)], 2.5, 64, 4),
@@ -30,6 +32,8 @@ EVENTS = [
 LINES = [
     "data.num_examples (100) is less than the 200 records of data/val.rec: the lr schedule counts epochs of 100 "
     "examples, so its epochs end mid-epoch, ahead of the epochs the log shows",
+    "resuming from epoch 3, the newest checkpoint that verifies; skipped: runs/m-0005.params: a; runs/m-0004.states: b",
+    "runs/m-0003.params: no checksums to verify (written by a flow from before them); loaded as it is",
     "Epoch[0] Batch [0-2]\tSpeed: 1234.57 samples/sec\taccuracy=0.500000\tcross-entropy=1.250000",
     "Epoch[0] Train-accuracy=0.600000",
     "Epoch[0] Train-cross-entropy=1.000000",
@@ -70,7 +74,7 @@ async def test_events_become_exactly_mxnets_lines_in_order(caplog):
     await log_run(stream(EVENTS))
     records = flow_records(caplog)
     assert [record.getMessage() for record in records] == LINES
-    assert [record.levelno for record in records] == [logging.WARNING] + [logging.INFO] * (len(LINES) - 1)
+    assert [record.levelno for record in records] == [logging.WARNING] * 3 + [logging.INFO] * (len(LINES) - 3)
 
 
 async def test_the_lines_parse_with_parse_log(caplog):
@@ -106,7 +110,7 @@ async def test_progress_bar_follows_the_batch_reports_when_asked(capsys):
 
 async def test_no_progress_bar_without_batches_per_epoch(capsys):
     started = RunStarted(0, 2, ["cpu"], "local", 1000, 0)  # custom data without num_examples
-    await log_run(stream([started, *EVENTS[2:]]), progress=True)
+    await log_run(stream([started, *(event for event in EVENTS if not isinstance(event, RunStarted))]), progress=True)
     assert capsys.readouterr().err == ""
 
 
@@ -118,7 +122,7 @@ def records_config(tmp_path):
                  "image_shape": [3, 32, 32], "num_classes": 10, "batch_size": 50, "num_examples": 100,
                  "data_nthreads": 1},
         "model": {"network": "mlp"},
-        "train": {"num_epochs": 2, "lr": 0.05, "disp_batches": 1},
+        "train": {"num_epochs": 2, "lr": 0.01, "disp_batches": 1},
         "checkpoint": {"model_prefix": str(tmp_path / "model")},
     })
 

@@ -13,8 +13,9 @@ import trio
 from flow import checkpoints
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.errors import RecordIOError
-from flow.events import BatchEnd, CheckpointSaved, EpochEnd, RunFailed, RunFinished, RunStarted, Validation
+from flow.errors import CheckpointError, FlowError, RecordIOError
+from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd, RunFailed,
+                         RunFinished, RunStarted, Validation)
 from flow.run import open_run, train
 from tests.fixtures import MXNET_FIXTURES, REPO_ROOT
 
@@ -115,6 +116,78 @@ async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices):
     whole, split = final_params(tmp_path / "whole", 4), final_params(tmp_path / "split", 4)
     assert all(torch.equal(whole[name], split[name]) for name in whole)
     assert not torch.equal(final_params(tmp_path / "whole", 2)["fc1.weight"], whole["fc1.weight"])
+
+
+async def test_resume_falls_back_past_a_damaged_newest_checkpoint_says_so_and_stays_bit_for_bit(tmp_path, caplog):
+    steps = {"lr_step_epochs": [1, 2], "lr_factor": 0.5, "num_epochs": 3}
+    await train(small_config(tmp_path / "whole", train=steps), train_data=synthetic_data())
+    await train(small_config(tmp_path / "split", train=steps), train_data=synthetic_data())
+    damaged = tmp_path / "split" / "model-0003.params"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    damaged.write_bytes(bytes(data))
+    caplog.set_level(logging.INFO, logger="flow")
+    config = small_config(tmp_path / "split", train=steps, checkpoint={"resume": True})
+    async with open_run(config, train_data=synthetic_data()) as run:
+        events = run.events()
+        await log_run(run.events())
+    reason = f"{damaged}: its sha256 differs from the one model-0003.manifest.json recorded when it was written"
+    assert [event async for event in events if isinstance(event, CheckpointsSkipped)] == [
+        CheckpointsSkipped(2, [reason + " (damaged since)"])]
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [f"resuming from epoch 2, the newest checkpoint that verifies; skipped: {reason} (damaged since)"]
+    whole, split = final_params(tmp_path / "whole", 3), final_params(tmp_path / "split", 3)
+    assert all(torch.equal(whole[name], split[name]) for name in whole)
+
+
+async def test_loading_a_damaged_checkpoint_by_its_epoch_is_one_line_naming_the_file(tmp_path):
+    await train(small_config(tmp_path, train={"num_epochs": 1}), train_data=synthetic_data())
+    states = tmp_path / "model-0001.states"
+    size = len(states.read_bytes())
+    states.write_bytes(states.read_bytes()[:-1])
+    with pytest.raises(CheckpointError) as refused:
+        await train(small_config(tmp_path, checkpoint={"load_epoch": 1}), train_data=synthetic_data())
+    assert str(refused.value).startswith(f"{states}: {size - 1} bytes, but {size} were written (truncated")
+
+
+async def test_a_checkpoint_without_checksums_loads_with_a_warning_event(tmp_path):
+    await train(small_config(tmp_path, train={"num_epochs": 1}), train_data=synthetic_data())
+    (tmp_path / "model-0001.manifest.json").unlink()  # as a flow from before manifests wrote it
+    async with open_run(small_config(tmp_path, checkpoint={"resume": True}), train_data=synthetic_data()) as run:
+        events = [event async for event in run.events()]
+    assert CheckpointUnverified(str(tmp_path / "model-0001.params")) in events
+    assert isinstance(events[-1], RunFinished) and events[-1].epochs == 1
+
+
+class TurnsNaN(torch.nn.Module):
+    """A small net whose buffer turns NaN after `steps` training steps, while its loss stays finite."""
+
+    def __init__(self, steps):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+        self.register_buffer("scale", torch.ones(1))
+        self.steps = steps
+
+    def forward(self, data):
+        if self.training:
+            self.steps -= 1
+            if self.steps < 0:
+                self.scale.fill_(float("nan"))
+        return self.net(data)
+
+
+async def test_a_model_gone_nan_ends_the_run_naming_the_epoch_and_keeps_the_good_checkpoint(tmp_path):
+    config = small_config(tmp_path, train={"num_epochs": 3}, checkpoint={"keep": 1})
+    with pytest.raises(FlowError) as failed:
+        async with open_run(config, model=TurnsNaN(steps=8), train_data=synthetic_data()) as run:  # 6 steps an epoch
+            events = [event async for event in run.events()]
+    assert str(failed.value).startswith(f"{tmp_path / 'model'}-0002.params: not written: the model after Epoch[1] "
+                                        f"has NaN or inf weights (in 'scale')")
+    assert isinstance(events[-1], RunFailed) and [e.epoch for e in events if isinstance(e, CheckpointSaved)] == [1]
+    assert checkpoints.saved_epochs(str(tmp_path / "model")) == [1]
+    assert torch.equal(final_params(tmp_path, 1)["scale"], torch.ones(1))
 
 
 async def test_resume_past_every_step_runs_at_the_reduced_lr(tmp_path):
