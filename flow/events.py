@@ -31,6 +31,22 @@ class NumExamplesBelowRecords:
 
 
 @dataclass(frozen=True)
+class LearningRateChanged:
+    """A step of the lr schedule (multifactor, factor): update `num_update` is the first at `lr`."""
+
+    num_update: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class LearningRateAdjusted:
+    """At the start of a resumed run: the steps before `epoch` lowered the lr to `lr` (fit.py's line)."""
+
+    epoch: int
+    lr: float
+
+
+@dataclass(frozen=True)
 class BatchEnd:
     """Every `disp_batches` batches: Speedometer's figures since the last report (local metrics)."""
 
@@ -82,8 +98,9 @@ class RunFailed:
     message: str
 
 
-EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, BatchEnd, EpochEnd, Validation,
-                                             CheckpointSaved, RunFinished, RunFailed)}
+EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, LearningRateChanged,
+                                             LearningRateAdjusted, BatchEnd, EpochEnd, Validation, CheckpointSaved,
+                                             RunFinished, RunFailed)}
 
 
 def event_to_dict(event) -> dict:
