@@ -17,6 +17,8 @@ from typing import Callable, Iterator
 import torch
 import trio
 
+from flow import channels as hand_off
+from flow.metrics import create_metric
 from flow.optim import Updater
 from flow.seeding import derive_seed
 
@@ -29,6 +31,8 @@ class ComputeSettings:
     seed: int
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # RGB, for uint8 NHWC batches (data.layout "uint8_nhwc")
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    metrics: tuple[str, ...] = ("accuracy",)  # whose statistics each step computes (flow.metrics names)
+    top_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,8 @@ class TrainSlice:
     epoch: int  # the replica's random draws are seeded per epoch
     data: torch.Tensor
     label: torch.Tensor
-    weight: torch.Tensor | None  # 1 per real sample, 0 per pad (None: no pads): pads count in no loss
+    samples: int  # real samples: the first rows (the rest are pads, in no loss and no metric)
+    weight: torch.Tensor | None  # 1 per real sample, 0 per pad (None: no pads)
     scale: float  # 1 / real samples in the whole batch: the update averages over the global batch
     lr: float  # of this step's update, for a replica that owns the updater
     weights: list[torch.Tensor] | None  # newest master weights to load first (None: loaded already)
@@ -49,6 +54,8 @@ class EvalSlice:
     """One device's slice of a validation batch: forward only."""
 
     data: torch.Tensor
+    label: torch.Tensor
+    samples: int  # as TrainSlice's
     weights: list[torch.Tensor] | None  # as TrainSlice's
 
 
@@ -66,14 +73,14 @@ class TrainResult:
     parameter (requires_grad False); None in all when the replica updated itself."""
 
     replica: int
-    outputs: torch.Tensor  # probabilities, float32 on the CPU (what MXNet's metrics read)
+    statistics: tuple | None  # the metrics' statistics of the slice's real samples (None: it has none)
     gradients: list[torch.Tensor | None] | None
 
 
 @dataclass(frozen=True)
 class EvalResult:
     replica: int
-    outputs: torch.Tensor  # as TrainResult's
+    statistics: tuple | None  # as TrainResult's
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,9 @@ class _Replica:
         # float32 mean and 1 / std, as the loader's normalize loop (flow/_pixels.c) takes them
         self.mean = torch.tensor(settings.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.inv_std = 1 / torch.tensor(settings.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # Each step's metric statistics are computed here, beside the outputs, so that only a few
+        # numbers travel to the metric actor and the Trio thread does no array work a step.
+        self.metric = create_metric(settings.metrics, settings.top_k)
         self.steps = {TrainSlice: self.train_step, EvalSlice: self.eval_step, SnapshotRequest: self.snapshot}
 
     def autocast(self):
@@ -130,20 +140,19 @@ class _Replica:
         label = work.label.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
-        with self.random.active():
-            with self.autocast():
-                logits = self.model(data)
-            loss = self.loss_fn(logits.float(), label)
-            if work.weight is not None:
-                loss = loss * work.weight.to(self.device, non_blocking=True)
-            loss.sum().backward()
-        outputs = torch.softmax(logits.detach().float(), dim=1).cpu()
+        with self.autocast():
+            logits = self.model(data)
+        loss = self.loss_fn(logits.float(), label)
+        if work.weight is not None:
+            loss = loss * work.weight.to(self.device, non_blocking=True)
+        loss.sum().backward()
+        statistics = self.statistics(work.label, logits.detach(), work.samples)
         if self.updater is not None:
             self.updater.step(work.scale, work.lr)
-            return TrainResult(self.settings.replica, outputs, None)
+            return TrainResult(self.settings.replica, statistics, None)
         gradients = [None if not p.requires_grad else p.grad if p.grad is not None else torch.zeros_like(p)
                      for p in self.parameters]
-        return TrainResult(self.settings.replica, outputs, gradients)
+        return TrainResult(self.settings.replica, statistics, gradients)
 
     @torch.no_grad()
     def eval_step(self, work: EvalSlice) -> EvalResult:
@@ -151,7 +160,17 @@ class _Replica:
         self.model.eval()
         with self.autocast():
             logits = self.model(self.inputs(work.data))
-        return EvalResult(self.settings.replica, torch.softmax(logits.float(), dim=1).cpu())
+        return EvalResult(self.settings.replica, self.statistics(work.label, logits, work.samples))
+
+    def statistics(self, label: torch.Tensor, logits: torch.Tensor, samples: int) -> tuple | None:
+        """The metrics' statistics of the first `samples` rows, on the probabilities (what MXNet's
+        metrics read: SoftmaxOutput's), float32 on the CPU."""
+        if samples == 0:
+            return None
+        if samples < len(label):
+            label, logits = label[:samples], logits[:samples]
+        probabilities = torch.softmax(logits.float(), dim=1)
+        return self.metric.statistics(label, probabilities if self.device.type == "cpu" else probabilities.cpu())
 
     @torch.no_grad()
     def snapshot(self, request: SnapshotRequest) -> ReplicaState:
@@ -160,8 +179,9 @@ class _Replica:
         return ReplicaState(model, None if self.updater is None else self.updater.state_dict())
 
     def run(self, messages: list) -> list:
-        """Each message's answer, in order."""
-        return [self.steps[type(message)](message) for message in messages]
+        """Each message's answer, in order; the replica's random state is the live one meanwhile."""
+        with self.random.active():
+            return [self.steps[type(message)](message) for message in messages]
 
 
 # torch has one CPU generator a process: the CPU replicas of every run take turns with it.
@@ -171,8 +191,8 @@ _CPU_GENERATOR_TURN = threading.Lock()
 class _ReplicaRandom:
     """The random numbers a replica's training steps draw (dropout and friends), apart from the process's.
 
-    torch's ops draw from its default generators (the CPU's, and one per GPU). Around each step
-    this swaps the replica's own state in and the process's back, so that a run leaves the
+    torch's ops draw from its default generators (the CPU's, and one per GPU). Around each thread
+    call (the steps it runs) this swaps the replica's own state in and the process's back, so that a run leaves the
     caller's torch RNG as it found it and a resumed run replays the same draws. A GPU replica
     owns its device's generator; CPU replicas share the CPU's, so they take turns.
     """
@@ -184,19 +204,26 @@ class _ReplicaRandom:
             self.generator, self.turn = torch.cuda.default_generators[index], contextlib.nullcontext()
         else:
             self.generator, self.turn = torch.default_generator, _CPU_GENERATOR_TURN
-        self.state: torch.Tensor | None = None
+        self.state = torch.Generator(device=device).get_state()  # replaced by seed() before any draw
+        self.is_active = False
 
     def seed(self, seed: int) -> None:
-        self.state = torch.Generator(device=self.device).manual_seed(seed).get_state()
+        state = torch.Generator(device=self.device).manual_seed(seed).get_state()
+        if self.is_active:
+            self.generator.set_state(state)
+        else:
+            self.state = state
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         with self.turn:
             saved = self.generator.get_state()
             self.generator.set_state(self.state)
+            self.is_active = True
             try:
                 yield
             finally:
+                self.is_active = False
                 self.state = self.generator.get_state()
                 self.generator.set_state(saved)
 
@@ -228,4 +255,4 @@ async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Ca
                 if isinstance(message, SnapshotRequest):
                     await message.reply.send(answer)
                 else:
-                    await result_channel.send(answer)
+                    await hand_off.send(result_channel, answer)

@@ -13,6 +13,7 @@ import torch
 import trio
 
 from flow.actors.loader import Batch, EpochEnd
+from flow import channels as hand_off
 from flow.errors import FlowError
 
 
@@ -24,7 +25,7 @@ async def feed(source: AsyncIterable | Callable[[int], AsyncIterable], send_chan
             index = samples = 0
             async for item in batches:
                 batch = item if isinstance(item, Batch) else _as_batch(epoch, index, item)
-                await send_channel.send(batch)
+                await hand_off.send(send_channel, batch)
                 index += 1
                 samples += batch.data.shape[0] - batch.pad
             await send_channel.send(EpochEnd(epoch, index, samples))

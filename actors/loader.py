@@ -27,6 +27,7 @@ from flow.batch_builder import BatchBuilder, BatchJob
 from flow.decode_workers import DecodeWorkers
 from flow.epochs import EpochBatches, batches_of_epoch, epoch_order, resized, shard
 from flow.errors import ConfigError, unwrapped_errors
+from flow.image import DEFAULT_MAX_PIXELS
 from flow.image_records import ImageRecords
 from flow.recordio import RecordTable, read_record_table
 from flow.seeding import derive_seed
@@ -76,7 +77,8 @@ class LoaderSettings:
     augment: AugmentSettings = AugmentSettings()
     seed: int = 0
     benchmark: bool = False  # synthetic random batches, no IO
-    num_classes: int = 1000  # benchmark labels
+    num_classes: int = 1000  # with label_width 1, labels are class ids below it (and benchmark labels are drawn so)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # an image whose header claims more is a bad record, never decoded
     num_examples: int = 0  # benchmark epoch size (0: SYNTHETIC_BATCHES batches)
 
     def __post_init__(self):
@@ -111,7 +113,7 @@ async def loader(settings: LoaderSettings, table: RecordTable | None, send_chann
                 await _send_synthetic(settings, send_channel, begin_epoch, num_epochs)
                 return
             records = await trio.to_thread.run_sync(ImageRecords, table, settings.label_width,
-                                                    settings.skip_bad_records)
+                                                    settings.skip_bad_records, settings.num_classes)
             try:
                 await _send_batches(records, settings, send_channel, begin_epoch, num_epochs)
             finally:

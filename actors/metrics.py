@@ -1,6 +1,8 @@
-"""The metric actor: digests each step's outputs and labels, and sends the figures as events.
+"""The metric actor: adds up each step's metric statistics, and sends the figures as events.
 
-It runs beside training (the fit loop hands it batch n's outputs and goes on to batch n+1), and
+The compute actors compute each slice's statistics beside its outputs (a few numbers instead of a
+batch of probabilities); this actor keeps the sums. It runs beside training (the fit loop hands
+it batch n's statistics and goes on to batch n+1), and
 reports as MXNet's Speedometer with auto_reset and fit's epoch end: every `disp_batches` batches
 a BatchEnd with the window's speed and local metrics, then each epoch's EpochEnd (global metrics,
 time cost) and Validation. The console (flow.console) turns these into MXNet's log lines.
@@ -10,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import trio
 
+from flow import channels as hand_off
 from flow.events import BatchEnd, EpochEnd, Validation
 from flow.metrics import create_metric
 
@@ -26,15 +28,14 @@ class MetricSettings:
 
 
 @dataclass(frozen=True)
-class Outputs:
-    """One step's outputs (probabilities) and labels; only the first `samples` rows are real."""
+class StepStatistics:
+    """One step's metric statistics: one entry per device slice with real samples, each what
+    `create_metric(...).statistics(label, probabilities)` gave on that device."""
 
     split: str  # "train" or "val"
     epoch: int
     index: int
-    outputs: torch.Tensor
-    label: torch.Tensor
-    samples: int
+    statistics: tuple
     time: float  # time.perf_counter() when the step finished: Speedometer's clock
     lr: float = 0.0
 
@@ -54,13 +55,15 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
         train_metric = create_metric(settings.metrics, settings.top_k)
         val_metric = create_metric(settings.metrics, settings.top_k)
         window_start = 0.0
-        async for message in output_channel:
-            if isinstance(message, Outputs):
+        while True:
+            try:
+                message = await hand_off.receive(output_channel)
+            except trio.EndOfChannel:
+                break
+            if isinstance(message, StepStatistics):
                 metric = train_metric if message.split == "train" else val_metric
-                label, outputs = message.label, message.outputs
-                if message.samples < len(label):  # the pads count in no metric
-                    label, outputs = label[: message.samples], outputs[: message.samples]
-                metric.update(label, outputs)
+                for slice_statistics in message.statistics:  # in device order, as MXNet's update_metric
+                    metric.add(slice_statistics)
                 if message.split != "train":
                     continue
                 # Speedometer: the first batch of an epoch starts the clock; every disp_batches

@@ -133,6 +133,7 @@ class BatchBuilder:
         records, options = self.records, self.settings.augment
         table, memory = records.table, records.memory
         direct = not options.reshapes  # an image that already has the output size is used as decoded
+        max_pixels = self.settings.max_image_pixels
         bad = []
         places = zip(positions.tolist(), table.image_start[positions].tolist(), table.image_end[positions].tolist())
         for index, (position, begin, end) in enumerate(places):
@@ -141,11 +142,11 @@ class BatchBuilder:
             try:
                 if direct:
                     try:
-                        if decode(encoded, out=slot).shape == slot.shape:
+                        if decode(encoded, out=slot, max_pixels=max_pixels).shape == slot.shape:
                             continue
                     except (ImageError, ValueError):
                         pass  # larger than the slot (or corrupt: the decode below says so)
-                augment.place(decode(encoded), params, index, options, slot)
+                augment.place(decode(encoded, max_pixels=max_pixels), params, index, options, slot)
             except ImageError as error:
                 if not self.settings.skip_bad_records:
                     raise records.image_error(position, error.message) from None

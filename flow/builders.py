@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 from flow.actors.checkpoint import CheckpointSettings
 from flow.actors.compute import ComputeSettings
 from flow.actors.loader import LoaderSettings
@@ -14,7 +16,7 @@ from flow.actors.param_server import ServerSettings
 from flow.augment import AugmentSettings
 from flow.config import CheckpointConfig, Config, DataConfig, TrainConfig
 from flow.errors import ConfigError
-from flow.fit import FitSettings
+from flow.fit import FitSettings, steps_in_flight
 from flow.optim import UpdaterSettings
 
 
@@ -48,7 +50,7 @@ def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
         last_batch=data.last_batch if train else "pad", layout=data.layout, label_width=data.label_width,
         skip_bad_records=data.skip_bad_records, mean=tuple(data.rgb_mean), std=tuple(data.rgb_std),
         augment=augmentation, seed=seed, benchmark=data.benchmark, num_classes=data.num_classes,
-        num_examples=data.num_examples)
+        num_examples=data.num_examples, max_image_pixels=data.max_image_pixels)
 
 
 def updater_settings(train: TrainConfig) -> UpdaterSettings:
@@ -59,7 +61,8 @@ def updater_settings(train: TrainConfig) -> UpdaterSettings:
 
 def compute_settings(config: Config, replica: int) -> ComputeSettings:
     train, data = config.train, config.data
-    return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std)
+    return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std,
+                           train.metrics, train.top_k)
 
 
 def server_settings(train: TrainConfig) -> ServerSettings:
@@ -75,9 +78,12 @@ def checkpoint_settings(saving: CheckpointConfig) -> CheckpointSettings:
     return CheckpointSettings(saving.model_prefix, saving.keep)
 
 
-def fit_settings(config: Config, *, begin_epoch: int, begin_update: int, num_parameters: int, schedule,
-                 model_spec: dict | None, batches_per_epoch: int) -> FitSettings:
-    """The fit loop's, where the run starts (`begin_*`, from the checkpoint it resumes) and what it trains."""
-    train = config.train
+def fit_settings(config: Config, *, server: bool, begin_epoch: int, begin_update: int, num_parameters: int,
+                 schedule, model_spec: dict | None, batches_per_epoch: int) -> FitSettings:
+    """The fit loop's, where the run starts (`begin_*`, from the checkpoint it resumes) and what it trains;
+    `server`: a parameter server updates the weights (several devices or processes)."""
+    train, data = config.train, config.data
+    sample_bytes = math.prod(data.image_shape) * (1 if data.layout == "uint8_nhwc" else 4)
     return FitSettings(begin_epoch, train.num_epochs, train.devices, train.kv_store, config.checkpoint.period,
-                       train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch)
+                       train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch,
+                       steps_in_flight(server, data.batch_size * sample_bytes))

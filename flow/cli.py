@@ -27,6 +27,7 @@ COMMANDS = {
     "events": "flow.events_command",
     "plot": "flow.plot",
     "test-io": "flow.io_speed",
+    "import-mxnet": "flow.mxnet_import",
 }
 
 
@@ -42,7 +43,9 @@ common commands:
   flow im2rec data/pets images/          pack data/pets*.lst into .rec + .idx files
   flow inspect data/pets.rec             count records, labels and image sizes; check integrity
   flow events runs/pets-events.msgpack   what a run did, one line per event
-  flow plot runs/pets-events.msgpack     a run's curves, in curves.png"""
+  flow plot runs/pets-events.msgpack     a run's curves, in curves.png
+  flow import-mxnet mx/resnet 30 runs/resnet --network resnet --num-layers 20 --image-shape 3,28,28
+                                         MXNet's resnet-0030.params as a flow checkpoint"""
 
 READ_MORE = """\
 Read more: `flow COMMAND --help` for a command's options; README.md for the train.toml keys,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import tomllib
@@ -50,13 +51,13 @@ class DataConfig:
     data_train_idx: str = knob("", path=True)  # empty: the .idx beside data_train, or scan when none
     data_val: str = knob("", path=True)
     data_val_idx: str = knob("", path=True)
-    image_shape: tuple[int, ...] = knob((3, 224, 224), "3 positive integers C,H,W",
-                                        lambda v: len(v) == 3 and all(d > 0 for d in v))
-    num_classes: int = knob(1000, "a positive integer", _positive)
+    image_shape: tuple[int, ...] = knob((3, 224, 224), "3 positive integers C,H,W, H and W at most 65535 (JPEG's)",
+                                        lambda v: len(v) == 3 and all(0 < d < 2**16 for d in v))
+    num_classes: int = knob(1000, "a positive integer, at most 2**24", lambda v: 0 < v <= 2**24)
     num_examples: int = knob(0, "a non-negative integer (0: count the records)", _non_negative)
-    batch_size: int = knob(128, "a positive integer", _positive)
-    data_nthreads: int = knob(4, "a positive integer", _positive)
-    prefetch: int = knob(2, "a positive integer", _positive)
+    batch_size: int = knob(128, "a positive integer, at most 2**24", lambda v: 0 < v <= 2**24)
+    data_nthreads: int = knob(4, "a positive integer, at most 1024", lambda v: 0 < v <= 1024)
+    prefetch: int = knob(2, "a positive integer, at most 1024", lambda v: 0 < v <= 1024)
     shuffle: bool = knob(True)
     num_parts: int = knob(1, "a positive integer", _positive)
     part_index: int = knob(0, "a non-negative integer below num_parts", _non_negative)
@@ -69,6 +70,7 @@ class DataConfig:
     rgb_mean: tuple[float, ...] = knob((123.68, 116.779, 103.939), "3 floats", lambda v: len(v) == 3)
     rgb_std: tuple[float, ...] = knob((1.0, 1.0, 1.0), "3 positive floats",
                                       lambda v: len(v) == 3 and all(s > 0 for s in v))
+    max_image_pixels: int = knob(8192 * 8192, "a positive integer", _positive)  # larger images are bad records
     # Augmentation, as ImageRecordIter and data.py; aug_level 1-3 fills the knobs not set explicitly.
     aug_level: int = knob(0, "0, 1, 2 or 3", lambda v: 0 <= v <= 3)
     resize: int = knob(0, "a non-negative integer (0: no resize)", _non_negative)
@@ -184,9 +186,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """The config in `path`, with `section.key=value` overrides (values in TOML syntax) on top."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError("no such file", path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a config file", path) from None
+    except OSError as error:
+        raise ConfigError(f"cannot read: {error.strerror}", path) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"not UTF-8 text (TOML is UTF-8): byte 0x{error.object[error.start]:02x}", path,
+                          error.start) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"not valid TOML: {error}", path) from None
     for override in overrides:
@@ -223,8 +232,22 @@ def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path
             f"data.part_index: expected an integer below data.num_parts ({config.data.num_parts}), "
             f"got {config.data.part_index}", source)
     _check_metrics(config.train, source)
+    _check_batch_memory(config.data, source)
     _check_optimizer(config.train, source)
     return config
+
+
+def _check_batch_memory(data: DataConfig, source) -> None:
+    """A batch larger than the machine's memory fails now, in one line, not as a MemoryError mid-start."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return  # the system does not say
+    batch_bytes = data.batch_size * math.prod(data.image_shape) * (4 if data.layout == "float32_nchw" else 1)
+    if batch_bytes > memory:
+        raise ConfigError(f"data.batch_size: a batch of {data.batch_size} images of {data.image_shape} is "
+                          f"{batch_bytes / 2**30:.3g} GiB, more than this machine's memory "
+                          f"({memory / 2**30:.3g} GiB)", source)
 
 
 def _check_optimizer(train: TrainConfig, source) -> None:
@@ -290,7 +313,10 @@ def _convert(name: str, value: Any, kind: Any, source) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list of {item_kind.__name__}, got {value!r}", source)
         return tuple(_convert(name, item, item_kind, source) for item in value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # No knob means anything by inf or nan; and an lr of inf or an rgb_mean of nan trains to NaN.
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite float, got {value!r}", source)
         return float(value)
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value

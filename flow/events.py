@@ -7,6 +7,8 @@ Plain data so that msgpack writes them to the event log and a user reads them wi
 from __future__ import annotations
 
 import dataclasses
+import reprlib
+import typing
 from dataclasses import dataclass
 
 
@@ -109,9 +111,38 @@ def event_to_dict(event) -> dict:
 
 
 def event_from_dict(record: dict):
-    """The event a dict from `event_to_dict` (or the event log) describes; pairs come back as tuples."""
+    """The event a dict from `event_to_dict` (or the event log) describes; pairs come back as tuples.
+    A ValueError when it describes none: an unknown kind, a field missing, unknown or of the wrong type."""
     fields = dict(record)
-    cls = EVENT_TYPES[fields.pop("event")]
+    name = fields.pop("event", None)
+    cls = EVENT_TYPES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ValueError(f"unknown event {reprlib.repr(name)}")
+    types = typing.get_type_hints(cls)
+    for key, value in fields.items():
+        if key not in types:
+            raise ValueError(f"{name} has no field {reprlib.repr(key)}")
+        if not _is(value, types[key]):
+            raise ValueError(f"{name}.{key}: expected {types[key]}, got {reprlib.repr(value)}")
     if "metrics" in fields:
         fields["metrics"] = [tuple(pair) for pair in fields["metrics"]]
-    return cls(**fields)
+    try:
+        return cls(**fields)
+    except TypeError as error:  # a field missing
+        raise ValueError(f"{name}: {error}") from None
+
+
+def _is(value, kind) -> bool:
+    """Whether plain data (as msgpack reads it back) is of `kind`: int, float, str, or a list or tuple of them."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is list:
+        return isinstance(value, (list, tuple)) and all(_is(item, args[0]) for item in value)
+    if origin is tuple:
+        return isinstance(value, (list, tuple)) and len(value) == len(args) and all(map(_is, value, args))
+    return False

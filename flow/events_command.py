@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from flow.event_log import read_event_records
 
-    for record in read_event_records(args.log):
+    for record in read_event_records(args.log, on_torn_tail=torn_tail_warning("events")):
         if args.json:
             print(json.dumps(record))
         else:
@@ -30,6 +31,11 @@ def run(args: argparse.Namespace) -> int:
 def _text(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
-    if isinstance(value, list) and all(isinstance(pair, list) and len(pair) == 2 for pair in value):
-        return ",".join(f"{name}:{number:g}" for name, number in value)
+    if isinstance(value, list) and value and all(isinstance(pair, list) and len(pair) == 2 for pair in value):
+        return ",".join(f"{name}:{_text(number)}" for name, number in value)
     return str(value)
+
+
+def torn_tail_warning(command: str):
+    """What a command reading a log does with a torn last event: one line on stderr, and go on."""
+    return lambda message: print(f"flow {command}: warning: {message}", file=sys.stderr)

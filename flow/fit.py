@@ -18,8 +18,9 @@ import trio
 from flow.actors.compute import EvalSlice, SnapshotRequest, TrainSlice
 from flow.actors.checkpoint import Save
 from flow.actors.loader import EpochEnd as LoaderEpochEnd
-from flow.actors.metrics import Outputs, SplitEnd
+from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update
+from flow import channels as hand_off
 from flow.errors import FlowError
 from flow.events import LearningRateChanged, RunFinished, RunStarted
 
@@ -37,6 +38,7 @@ class FitSettings:
     schedule: object  # flow.lr_schedule schedule: a pure function of the update count
     model_spec: dict | None
     batches_per_epoch: int  # for RunStarted (the console's progress bar); 0 when unknown
+    steps_in_flight: int  # steps sent ahead of their results (`steps_in_flight()`)
 
 
 @dataclass(frozen=True)
@@ -73,14 +75,18 @@ async def fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
 
 # One device updates its own weights (no server), so the loop may queue its next steps while it
 # computes: the hand-off between Trio and the worker thread then leaves the critical path, and a
-# device that finds several steps queued runs them in one thread call.
-_PIPELINE_DEPTH = 4
+# device that finds several steps queued runs them in one thread call (one hand-off, ~100-200 us,
+# for all of them). Small batches go up to 16 at a time; each step in flight holds its batch, so
+# large ones go fewer (at least 4), within ~64 MB.
+_MIN_DEPTH, _MAX_DEPTH, _IN_FLIGHT_BYTES = 4, 16, 64 << 20
 
 
-def steps_in_flight(server: bool) -> int:
+def steps_in_flight(server: bool, batch_bytes: int) -> int:
     """How many steps the loop sends ahead of their results (the work and result channels hold that many):
     with a parameter server each step waits for the update before the next is sent."""
-    return 1 if server else _PIPELINE_DEPTH
+    if server:
+        return 1
+    return max(_MIN_DEPTH, min(_MAX_DEPTH, _IN_FLIGHT_BYTES // max(batch_bytes, 1)))
 
 
 @dataclass
@@ -89,7 +95,6 @@ class _Step:
 
     epoch: int
     index: int
-    label: torch.Tensor
     samples: int  # real samples (the batch less its pad)
     slices: int  # results to wait for
     num_update: int | None  # training: the update this step makes; None: validation
@@ -106,7 +111,7 @@ class _Loop:
         self.num_devices = len(settings.devices)
         self.unloaded_weights: list = [None] * self.num_devices
         self.num_update = settings.begin_update
-        self.depth = steps_in_flight(channels.server_requests is not None)
+        self.depth = settings.steps_in_flight
         self.in_flight: deque[_Step] = deque()
 
     async def send_step(self, epoch: int, index: int, batch, *, training: bool) -> int:
@@ -132,30 +137,32 @@ class _Loop:
                 # may wait for the GIL that the worker thread holds.
                 whole = (start, stop) == (0, size)
                 data = batch.data if whole else batch.data[start:stop]
+                label = batch.label if whole else batch.label[start:stop]
+                slice_samples = max(0, min(stop, real) - start)
                 if training:
-                    message = TrainSlice(epoch, data, batch.label if whole else batch.label[start:stop],
+                    message = TrainSlice(epoch, data, label, slice_samples,
                                          None if weight is None else weight[start:stop], 1.0 / real, lr, weights)
                 else:
-                    message = EvalSlice(data, weights)
-                await self.channels.work[replica].send(message)
+                    message = EvalSlice(data, label, slice_samples, weights)
+                await hand_off.send(self.channels.work[replica], message)
                 slices += 1
-        self.in_flight.append(_Step(epoch, index, batch.label, real, slices, num_update, lr))
+        self.in_flight.append(_Step(epoch, index, real, slices, num_update, lr))
         return real
 
     async def finish_step(self) -> None:
         """Waits for the oldest step's results, has the server update (several devices), passes the outputs on."""
         step = self.in_flight.popleft()
-        results = sorted([await self.channels.results.receive() for _ in range(step.slices)],
+        results = sorted([await hand_off.receive(self.channels.results) for _ in range(step.slices)],
                          key=lambda result: result.replica)
         if step.num_update is not None and self.channels.server_requests is not None:
             await self.channels.server_requests.send(
                 Update(step.num_update, step.lr, [r.gradients for r in results], step.samples))
             updated = await self.channels.server_replies.receive()
             self.unloaded_weights = [updated.weights] * self.num_devices
-        outputs = results[0].outputs if len(results) == 1 else torch.cat([r.outputs for r in results])
         split = "val" if step.num_update is None else "train"
-        await self.channels.outputs.send(Outputs(split, step.epoch, step.index, outputs, step.label, step.samples,
-                                                 time.perf_counter(), step.lr))
+        await hand_off.send(self.channels.outputs, StepStatistics(
+            split, step.epoch, step.index, tuple(r.statistics for r in results if r.statistics is not None),
+            time.perf_counter(), step.lr))
 
     async def run_epoch(self, epoch: int, *, training: bool) -> None:
         """One pass over the epoch's batches (training or validation), then its SplitEnd to the metric actor."""
@@ -192,7 +199,7 @@ class _Loop:
     @staticmethod
     async def _next(channel: trio.MemoryReceiveChannel, what: str):
         try:
-            return await channel.receive()
+            return await hand_off.receive(channel)
         except trio.EndOfChannel:
             raise FlowError(f"the {what} data ended before the epoch did") from None
 

@@ -6,6 +6,7 @@ Images are RGB, HxWx3 uint8, everywhere in flow (MXNet's ImageRecordIter is RGB 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import simplejpeg
@@ -20,21 +21,40 @@ def is_jpeg(data: bytes) -> bool:
     return data[:2] == _JPEG_START
 
 
-def decode(data: bytes, out: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 HxWx3 from JPEG/PNG/any Pillow format; decodes straight into `out` when given."""
+# The most pixels an image may have to be decoded (data.max_image_pixels): a corrupt or hostile
+# header claiming 65500x65500 would otherwise have the decoder allocate 12 GiB before it fails.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+# flow refuses images over its own limit, read from the header before decoding; Pillow's warning for
+# images over its limit (89 Mpx) would only repeat that, as a stray line on stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def decode(data: bytes, out: np.ndarray | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """RGB uint8 HxWx3 from JPEG/PNG/any Pillow format; decodes straight into `out` when given.
+    An image whose header claims more than `max_pixels` pixels is an ImageError, before any decoding."""
     try:
         if is_jpeg(data):
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            _check_pixels(height, width, max_pixels, data)
             if out is not None:
                 return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         with Image.open(io.BytesIO(data)) as image:
+            _check_pixels(image.height, image.width, max_pixels, data)
             rgb = np.asarray(image.convert("RGB"))
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot decode image ({len(data)} bytes): {error}") from None
     if out is not None:
         out[...] = rgb
         return out
     return rgb
+
+
+def _check_pixels(height: int, width: int, max_pixels: int, data: bytes) -> None:
+    if height * width > max_pixels:
+        raise ImageError(f"image of {width}x{height} pixels ({len(data)} bytes) is over the limit of {max_pixels} "
+                         f"pixels (data.max_image_pixels): not decoded")
 
 
 def decode_size(data: bytes) -> tuple[int, int]:
@@ -45,7 +65,7 @@ def decode_size(data: bytes) -> tuple[int, int]:
             return height, width
         with Image.open(io.BytesIO(data)) as image:
             return image.height, image.width
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot read image header ({len(data)} bytes): {error}") from None
 
 

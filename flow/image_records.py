@@ -16,11 +16,12 @@ class ImageRecords:
     """The image bytes and labels of a table's records; `bad` marks the ones not to use.
 
     Every record carries `label_width` labels (`label_width` 1: as many as the first usable record
-    has); one with another number, or one the table found a problem with, is bad. A bad record is
-    an error here unless `skip_bad_records`.
+    has); one with another number, one whose label is no class id below `num_classes` (when given,
+    and records carry one label each: NaN, 2.5 and -1 are none), or one the table found a problem
+    with, is bad. A bad record is an error here unless `skip_bad_records`; all of them bad is one.
     """
 
-    def __init__(self, table: RecordTable, label_width: int, skip_bad_records: bool):
+    def __init__(self, table: RecordTable, label_width: int, skip_bad_records: bool, num_classes: int = 0):
         self.table = table
         problems = dict(table.problems)
         counts = np.diff(table.label_starts)
@@ -32,9 +33,21 @@ class ImageRecords:
             problems[position] = (f"record has {counts[position]} labels, expected {self.label_width} "
                                   f"(data.label_width, or as many as the first record has)")
             good[position] = False
+        if num_classes and self.label_width == 1:
+            labels = table.labels[table.label_starts[:-1][good]]
+            with np.errstate(invalid="ignore"):
+                not_class = ~((labels >= 0) & (labels < num_classes) & (labels == np.floor(labels)))
+            for position in np.flatnonzero(good)[not_class].tolist():
+                label = float(table.labels[table.label_starts[position]])
+                problems[position] = (f"label {label!r} is not a class id: expected an integer in "
+                                      f"[0, {num_classes}) (data.num_classes)")
+                good[position] = False
         if problems and not skip_bad_records:
             position, message = min(problems.items())
             raise table.record_error(position, message)
+        if len(table) and not good.any():
+            raise table.record_error(0, f"no record can be used: all {len(table)} are bad (skipped as "
+                                        f"data.skip_bad_records says); the first: {problems[0]}")
         self.bad = ~good
         labels = table.label_rows(self.label_width)
         self.labels = labels[:, 0].copy() if self.label_width == 1 else labels

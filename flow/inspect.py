@@ -112,7 +112,11 @@ def check_index(reader: RecordReader, index_path: Path, record_offsets: list[int
     result["entries"] = len(offsets)
     starts = set(record_offsets)
     scanned_to = record_offsets[-1] if record_offsets else -1
+    line_of: dict[int, int] = {}
     for line, offset in enumerate(offsets.tolist(), start=1):
+        if offset in line_of:
+            return result | _failure(offset, f"{index_path.name} line {line} points at the same record as line {line_of[offset]}")
+        line_of[offset] = line
         if offset < 0 or offset >= reader.size:
             return result | _failure(offset, f"{index_path.name} line {line} points past the end of the file ({reader.size} bytes)")
         # Beyond a failed scan the record starts are unknown: look at the bytes there instead.

@@ -39,6 +39,14 @@ def _as_list(arrays: Any) -> list[np.ndarray]:
     return [_as_numpy(arrays)]
 
 
+def _arrays(name: str, labels: Any, outputs: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Labels and outputs as lists of numpy arrays, one pair per network output."""
+    labels, outputs = _as_list(labels), _as_list(outputs)
+    if len(labels) != len(outputs):
+        raise ValueError(f"metric {name}: {len(labels)} label arrays but {len(outputs)} outputs")
+    return labels, outputs
+
+
 def _mean(total: float, count: float) -> float:
     return total / count if count else math.nan
 
@@ -51,10 +59,15 @@ class EvalMetric:
         self.reset()
 
     def update(self, labels: Any, outputs: Any) -> None:
-        labels, outputs = _as_list(labels), _as_list(outputs)
-        if len(labels) != len(outputs):
-            raise ValueError(f"metric {self.name}: {len(labels)} label arrays but {len(outputs)} outputs")
-        total, count = self._statistics(labels, outputs)
+        self.add(self.statistics(labels, outputs))
+
+    def statistics(self, labels: Any, outputs: Any) -> tuple[float, float]:
+        """What one update adds, as (sum, count), without adding it: computed where the outputs are
+        (flow's compute actors), added by whoever keeps the figures (the metric actor)."""
+        return self._statistics(*_arrays(self.name, labels, outputs))
+
+    def add(self, statistics: tuple[float, float]) -> None:
+        total, count = statistics
         self.sum_metric += total
         self.num_inst += count
         self.global_sum_metric += total
@@ -62,6 +75,8 @@ class EvalMetric:
 
     def _statistics(self, labels: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[float, float]:
         """The (sum, count) one update adds: by default the sums over each (label, output) pair."""
+        if len(labels) == 1:  # the common case, every step: no loop
+            return self._pair_statistics(labels[0], outputs[0])
         total, count = 0.0, 0
         for label, output in zip(labels, outputs):
             pair_total, pair_count = self._pair_statistics(label, output)
@@ -103,8 +118,9 @@ class Accuracy(EvalMetric):
 
     def _pair_statistics(self, label, output):
         # MXNet takes argmax over axis 1 unless the output already holds class indices.
-        predicted = output.argmax(axis=1) if output.shape != label.shape else output
-        predicted = predicted.astype(np.int32).ravel()
+        # (Indices from argmax compare with int32 labels as the int32 cast of them would.)
+        predicted = output.argmax(axis=1) if output.shape != label.shape else output.astype(np.int32)
+        predicted = predicted.ravel()
         label = label.astype(np.int32).ravel()
         _check_same_size(self.name, label, predicted)
         return int((predicted == label).sum()), predicted.size
@@ -222,10 +238,13 @@ class CompositeMetric(EvalMetric):
         self.metrics = list(metrics)
         super().__init__("composite")
 
-    def update(self, labels: Any, outputs: Any) -> None:
-        labels, outputs = _as_list(labels), _as_list(outputs)  # convert once for every child
-        for metric in self.metrics:
-            metric.update(labels, outputs)
+    def statistics(self, labels: Any, outputs: Any) -> tuple:
+        labels, outputs = _arrays(self.name, labels, outputs)  # converted once for every child
+        return tuple([metric._statistics(labels, outputs) for metric in self.metrics])
+
+    def add(self, statistics: tuple) -> None:
+        for metric, child_statistics in zip(self.metrics, statistics):
+            metric.add(child_statistics)
 
     def reset_local(self) -> None:
         for metric in self.metrics:

@@ -84,8 +84,8 @@ def optimizer_problem(optimizer: str, nesterov: bool, lr_mult: Mapping, wd_mult:
         if table and optimizer in TORCH_OPTIMIZERS:
             return key, f"is for MXNet's optimizers; {optimizer} applies torch's rules to every parameter"
         for pattern, value in table.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                return key, f"expected a non-negative number for {pattern!r}, got {value!r}"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                return key, f"expected a finite non-negative number for {pattern!r}, got {value!r}"
     return None
 
 

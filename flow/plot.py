@@ -42,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise FlowError("flow plot needs matplotlib: pip install 'flow[plot]'") from None
     from flow.event_log import read_events
+    from flow.events_command import torn_tail_warning
 
-    metrics, speed = curves(read_events(args.log))
+    metrics, speed = curves(read_events(args.log, on_torn_tail=torn_tail_warning("plot")))
     if not metrics and not speed:
         raise FlowError("no epoch has ended in this log yet: nothing to plot", args.log)
     panels = len(metrics) + 1

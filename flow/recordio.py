@@ -197,12 +197,16 @@ def read_index(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             if len(fields) != 2:
                 raise RecordIOError(f"line {number}: expected 'key<TAB>offset', got {line.strip()!r}", path, position)
             try:
-                keys.append(int(fields[0]))
-                offsets.append(int(fields[1]))
+                key, offset = int(fields[0]), int(fields[1])
             except ValueError:
                 raise RecordIOError(
-                    f"line {number}: key and offset must be integers, got {line.strip()!r}", path, position
+                    f"line {number}: key and offset must be integers, got {line.strip()!r}"[:200], path, position
                 ) from None
+            if not -2**63 <= key < 2**63 or not 0 <= offset < 2**63:  # as dmlc-core reads them: 64-bit
+                raise RecordIOError(f"line {number}: key or offset out of range (a 64-bit integer; the offset "
+                                    f"not negative), got {line.strip()!r}"[:200], path, position)
+            keys.append(key)
+            offsets.append(offset)
         position += len(line)
     return np.asarray(keys, dtype=np.int64), np.asarray(offsets, dtype=np.int64)
 
@@ -228,7 +232,12 @@ class IndexedRecordReader(RecordReader):
         self._position_of_key = None
 
     def _check_index(self) -> None:
+        line_of: dict[int, int] = {}
         for line, offset in enumerate(self.offsets.tolist(), start=1):
+            if offset in line_of:  # else the record would be read twice an epoch, and another never
+                raise RecordIOError(f"{self.index_path} line {line} points at the same record as line "
+                                    f"{line_of[offset]}", self.path, offset)
+            line_of[offset] = line
             if offset >= self.size or offset < 0:
                 raise RecordIOError(
                     f"{self.index_path} line {line} points past the end of the file ({self.size} bytes)",

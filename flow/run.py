@@ -35,14 +35,14 @@ from flow.actors.checkpoint import checkpoint
 from flow.actors.compute import compute
 from flow.actors.metrics import metrics
 from flow.actors.param_server import param_server
-from flow import builders, checkpoints, models, optim
+from flow import builders, checkpoints, models, mxnet_import, optim
 from flow.config import Config
 from flow.distributed import Cluster, join
-from flow.errors import ConfigError, first_cause, unwrapped_errors
+from flow.errors import ConfigError, RecordIOError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import (CheckpointSaved, EpochEnd, LearningRateAdjusted, NumExamplesBelowRecords, RunFailed,
                          RunFinished, Validation)
-from flow.fit import FitChannels, fit, steps_in_flight
+from flow.fit import FitChannels, fit
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
 from flow.recordio import RecordTable
@@ -189,6 +189,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     for settings, table in ((train_loader, train_records), (val_loader, val_records)):
         if table is not None:
             _check_label_width(settings, table)
+    if train_records is not None and not len(train_records):
+        raise RecordIOError("no records: nothing to train on (data.data_train)", train_loader.path)
     records = _record_count(train_loader, train_records) if train_loader else 0
     warnings = []
     if data.num_examples and data.num_examples < records and not data.benchmark and cluster.rank == 0:
@@ -212,6 +214,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
         model_state, states = checkpoints.load_checkpoint(saving.model_prefix, begin_epoch)
         begin_update, updater_state = states["num_update"], states["updater"]
+        if begin_update is None:  # imported from MXNet, which counts no updates: as fit.py, epochs x epoch size
+            begin_update = begin_epoch * epoch_size
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
@@ -277,9 +281,7 @@ def _built_model(config: Config) -> tuple[torch.nn.Module, dict | None]:
     generator = torch.Generator().manual_seed(derive_seed(config.train.seed, "init"))
     initializer = network.initializer if network.initializer != "auto" else models.default_initializer(network.network)
     if network.pretrained_prefix:
-        spec = checkpoints.load_model_spec(network.pretrained_prefix)
-        pretrained = models.build_from_spec(spec)
-        pretrained.load_state_dict(checkpoints.load_checkpoint(network.pretrained_prefix, network.pretrained_epoch)[0])
+        pretrained, spec = _pretrained(config)
         tuned = models.fine_tune(pretrained, data.num_classes, network.layer_before_fullc or None,
                                  image_shape=data.image_shape, initializer=initializer, generator=generator)
         return tuned, models.with_fine_tune(spec, data.num_classes, network.layer_before_fullc or None, data.image_shape)
@@ -288,6 +290,20 @@ def _built_model(config: Config) -> tuple[torch.nn.Module, dict | None]:
     models.initialize(built, initializer, generator)
     return built, models.model_spec(network.network, data.num_classes, data.image_shape, network.num_layers,
                                     **network.options)
+
+
+def _pretrained(config: Config) -> tuple[torch.nn.Module, dict]:
+    """model.pretrained_prefix's model and spec: a flow checkpoint, or an MXNet one (its magic says
+    which), loaded into model.network for data.image_shape."""
+    network = config.model
+    prefix, epoch = network.pretrained_prefix, network.pretrained_epoch
+    if mxnet_import.is_mxnet_checkpoint(prefix, epoch):
+        return mxnet_import.import_model(prefix, epoch, network.network, config.data.image_shape,
+                                         network.num_layers, network.options)
+    spec = checkpoints.load_model_spec(prefix)
+    pretrained = models.build_from_spec(spec)
+    pretrained.load_state_dict(checkpoints.load_checkpoint(prefix, epoch)[0])
+    return pretrained, spec
 
 
 async def _training(config: Config, plan: _Plan, loss: Callable, event_send: trio.MemorySendChannel,
@@ -354,8 +370,13 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         await nursery.start(param_server, builders.server_settings(config.train), weights, make_updater,
                             server_receive, server_reply_send)
 
+    settings = builders.fit_settings(config, server=server, begin_epoch=plan.begin_epoch,
+                                     begin_update=plan.begin_update,
+                                     num_parameters=sum(p.numel() for p in plan.model.parameters()),
+                                     schedule=plan.schedule, model_spec=plan.model_spec,
+                                     batches_per_epoch=plan.batches_per_epoch)
     # Sized so that neither the loop nor a device ever waits on the other to make room.
-    in_flight = steps_in_flight(server)
+    in_flight = settings.steps_in_flight
     result_send, result_receive = trio.open_memory_channel(in_flight * len(devices))
     work_sends = []
     for replica in range(len(devices)):
@@ -368,7 +389,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     result_send.close()
 
     epochs = config.train.num_epochs - plan.begin_epoch
-    train_send, train_receive = trio.open_memory_channel(0)
+    train_send, train_receive = trio.open_memory_channel(0 if plan.train_loader is not None else in_flight)
     if plan.train_loader is not None:
         nursery.start_soon(loader_actor.loader, plan.train_loader, plan.train_records, train_send,
                            plan.begin_epoch, epochs)
@@ -383,10 +404,6 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         else:
             nursery.start_soon(feed, plan.val_data, val_send, plan.begin_epoch, epochs)
 
-    settings = builders.fit_settings(config, begin_epoch=plan.begin_epoch, begin_update=plan.begin_update,
-                                     num_parameters=sum(p.numel() for p in plan.model.parameters()),
-                                     schedule=plan.schedule, model_spec=plan.model_spec,
-                                     batches_per_epoch=plan.batches_per_epoch)
     channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
                            server_reply_receive, output_send, save_send, actor_event_send())
     summary_send, summary_receive = trio.open_memory_channel(1)

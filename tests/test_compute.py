@@ -12,11 +12,12 @@ import trio
 from flow.actors.compute import (ComputeSettings, EvalResult, EvalSlice, ReplicaState, SnapshotRequest, TrainResult,
                                  TrainSlice, compute)
 from flow.errors import unwrapped_errors
+from flow.metrics import create_metric
 from flow.optim import Updater, UpdaterSettings
 from flow.run import softmax_cross_entropy
 
 LIMIT = 10  # seconds; every step here takes milliseconds
-SETTINGS = ComputeSettings("cpu", replica=0, precision="fp32", seed=0)
+SETTINGS = ComputeSettings("cpu", replica=0, precision="fp32", seed=0, metrics=("accuracy", "ce"))
 
 
 def tiny_net():
@@ -37,7 +38,18 @@ def plain_sgd(parameters):
 
 
 def train_slice(data, label, *, weight=None, scale=1.0, lr=0.1, weights=None, epoch=0):
-    return TrainSlice(epoch, data, label, weight, scale, lr, weights)
+    samples = len(label) if weight is None else int(weight.sum())
+    return TrainSlice(epoch, data, label, samples, weight, scale, lr, weights)
+
+
+def eval_slice(data, weights=None, label=None):
+    label = torch.zeros(len(data)) if label is None else label
+    return EvalSlice(data, label, len(data), weights)
+
+
+def metric_statistics(label, probabilities):
+    """What the metric actor must get for these rows: the statistics of SETTINGS' metrics."""
+    return create_metric(SETTINGS.metrics).statistics(label, probabilities)
 
 
 def summed_gradients(net, data, label, weight=None):
@@ -71,16 +83,18 @@ async def test_answers_each_slice_in_order_with_its_outputs_and_summed_gradients
             work_send, results = await start(nursery, tiny_net())
             async with work_send:
                 await work_send.send(train_slice(data, label, weight=weight))
-                await work_send.send(EvalSlice(data[:2], None))
+                await work_send.send(eval_slice(data[:2], label=label[:2]))
                 await work_send.send(train_slice(data[2:], label[2:]))
             answers = [answer async for answer in results]  # the actor ends once its work channel does
     assert [type(answer) for answer in answers] == [TrainResult, EvalResult, TrainResult]
     assert all(answer.replica == 0 for answer in answers)
     with torch.no_grad():
         probabilities = torch.softmax(reference(data), dim=1)
-    torch.testing.assert_close(answers[0].outputs, probabilities)
-    torch.testing.assert_close(answers[1].outputs, probabilities[:2])
-    torch.testing.assert_close(answers[2].outputs, probabilities[2:])
+    # the metrics' statistics of the real rows only (the pad is in no metric), beside the outputs
+    assert answers[0].statistics == metric_statistics(label[:3], probabilities[:3])
+    assert answers[1].statistics == metric_statistics(label[:2], probabilities[:2])
+    assert answers[2].statistics == metric_statistics(label[2:], probabilities[2:])
+    assert answers[0].statistics[0][1] == 3 and answers[1].statistics[0][1] == 2
     for got, expected in zip(answers[0].gradients, summed_gradients(reference, data, label, weight)):
         torch.testing.assert_close(got, expected)
     for got, expected in zip(answers[2].gradients, summed_gradients(reference, data[2:], label[2:])):
@@ -106,14 +120,14 @@ async def test_loads_the_weights_a_slice_brings_before_computing():
     with trio.fail_after(LIMIT):
         async with trio.open_nursery() as nursery:
             work_send, results = await start(nursery, tiny_net())
-            await work_send.send(EvalSlice(data, zeros))
+            await work_send.send(eval_slice(data, zeros, label))
             evaluated = await results.receive()
-            await work_send.send(EvalSlice(data, None))  # None: keep what it has
+            await work_send.send(eval_slice(data, None, label))  # None: keep what it has
             again = await results.receive()
             state = await snapshot(work_send)
             work_send.close()
-    torch.testing.assert_close(evaluated.outputs, torch.full((4, 3), 1 / 3))  # zero logits: uniform
-    assert torch.equal(again.outputs, evaluated.outputs)
+    uniform = torch.full((4, 3), 1 / 3)  # zero logits
+    assert evaluated.statistics == again.statistics == metric_statistics(label, uniform)
     assert all(torch.equal(tensor, torch.zeros_like(tensor)) for tensor in state.model.values())
 
 
@@ -165,7 +179,7 @@ async def test_holds_back_when_nobody_takes_its_results():
         nonlocal sent
         async with work_send:
             for _ in range(20):
-                await work_send.send(EvalSlice(data, None))
+                await work_send.send(eval_slice(data))
                 sent += 1
 
     with trio.fail_after(LIMIT):
@@ -193,12 +207,26 @@ async def test_an_error_in_the_model_comes_out_as_itself_and_closes_its_channels
             with unwrapped_errors():
                 async with trio.open_nursery() as nursery:
                     work_send, results = await start(nursery, Broken())
-                    await work_send.send(EvalSlice(batch()[0], None))
+                    await work_send.send(eval_slice(batch()[0]))
                     await trio.sleep_forever()
     with pytest.raises(trio.EndOfChannel):
         results.receive_nowait()
     with pytest.raises(trio.BrokenResourceError):
-        work_send.send_nowait(EvalSlice(batch()[0], None))
+        work_send.send_nowait(eval_slice(batch()[0]))
+
+
+async def test_labels_the_metric_cannot_read_are_its_error_and_close_its_channels():
+    data, _ = batch()
+    two_labels_a_sample = torch.zeros(4, 2)  # accuracy wants one label a sample
+    with trio.fail_after(LIMIT):
+        with pytest.raises(ValueError, match="8 labels but 4 predictions"):
+            with unwrapped_errors():
+                async with trio.open_nursery() as nursery:
+                    work_send, results = await start(nursery, tiny_net())
+                    await work_send.send(eval_slice(data, label=two_labels_a_sample))
+                    await trio.sleep_forever()
+    with pytest.raises(trio.EndOfChannel):
+        results.receive_nowait()
 
 
 async def test_cancelling_waits_for_the_step_in_its_thread_and_no_longer():
@@ -217,10 +245,10 @@ async def test_cancelling_waits_for_the_step_in_its_thread_and_no_longer():
         with trio.CancelScope() as scope:
             async with trio.open_nursery() as nursery:
                 work_send, results = await start(nursery, Slow())
-                await work_send.send(EvalSlice(batch()[0], None))
+                await work_send.send(eval_slice(batch()[0]))
                 while not entered.is_set():
                     await trio.sleep(0.01)
-                await work_send.send(EvalSlice(batch()[0], None))  # queued behind the step under way
+                await work_send.send(eval_slice(batch()[0]))  # queued behind the step under way
                 scope.cancel()
     assert scope.cancelled_caught
     assert finished.is_set()  # no thread of the actor is left running

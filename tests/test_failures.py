@@ -106,7 +106,7 @@ MID_RUN = {
     "feed": (flow.actors.feed, "_as_batch", 5),
     "compute": (flow.actors.compute._Replica, "train_step", 6),  # in the replica's thread
     "param_server": (flow.actors.param_server._Server, "update", 4),  # in the server's thread
-    "metrics": (flow.metrics.CompositeMetric, "update", 5),
+    "metrics": (flow.metrics.CompositeMetric, "add", 5),
     "checkpoint": (flow.checkpoints, "save_checkpoint", 1),  # the second checkpoint, in a thread
     "bus": (flow.event_log.EventLogWriter, "write", 5),
     "fit": (flow.fit._Loop, "send_step", 5),

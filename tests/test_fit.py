@@ -13,7 +13,7 @@ import trio.testing
 from flow.actors.checkpoint import Save
 from flow.actors.compute import EvalResult, EvalSlice, ReplicaState, SnapshotRequest, TrainResult, TrainSlice
 from flow.actors.loader import Batch, EpochEnd
-from flow.actors.metrics import Outputs, SplitEnd
+from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update, Updated
 from flow.errors import FlowError, unwrapped_errors
 from flow.events import LearningRateChanged, RunFinished, RunStarted
@@ -81,7 +81,7 @@ class Fakes:
 
     async def run(self, settings: FitSettings, task_status=trio.TASK_STATUS_IGNORED) -> RunFinished:
         """Runs the fit loop with the fakes around it; returns its summary once every fake is done too."""
-        depth = steps_in_flight(self.server)
+        depth = settings.steps_in_flight
         self.work = [[] for _ in range(self.devices)]
         train_send, train_receive = trio.open_memory_channel(0)
         val_send, val_receive = trio.open_memory_channel(0) if self.val is not None else (None, None)
@@ -139,11 +139,13 @@ class Fakes:
                 if self.silent_devices:
                     continue
                 await trio.sleep(self.delays.get(replica, 0))
-                if isinstance(message, TrainSlice):  # outputs: the slice's data, so the loop's order shows
+                # statistics: the slice's rows and real samples, so that the loop's order shows
+                statistics = (tuple(message.data.squeeze(1).tolist()), message.samples)
+                if isinstance(message, TrainSlice):
                     gradients = [torch.tensor(float(replica))] if self.server else None
-                    await results.send(TrainResult(replica, message.data, gradients))
+                    await results.send(TrainResult(replica, statistics, gradients))
                 else:
-                    await results.send(EvalResult(replica, message.data))
+                    await results.send(EvalResult(replica, statistics))
 
     async def _server(self, requests, replies):
         async with replies:
@@ -161,11 +163,13 @@ class Fakes:
 
 
 def settings(num_epochs=2, devices=1, begin_epoch=0, begin_update=0, period=1, schedule=None):
+    """Several devices have a server; batches as large as the in-flight budget: the fewest steps ahead."""
     return FitSettings(begin_epoch, num_epochs, ("cpu",) * devices, "local", period, seed=7,
                        begin_update=begin_update, num_parameters=1,
                        schedule=schedule or build_schedule("multifactor", 1.0, epoch_size=3, lr_factor=0.1,
                                                            lr_step_epochs=(1,)),
-                       model_spec={"network": "fake"}, batches_per_epoch=3)
+                       model_spec={"network": "fake"}, batches_per_epoch=3,
+                       steps_in_flight=steps_in_flight(devices > 1, 64 << 20))
 
 
 def train_slices(messages):
@@ -183,22 +187,21 @@ async def test_one_device_runs_epochs_in_order_with_checkpoints_and_validation(a
     assert [(s.epoch, s.lr) for s in trained] == [(0, 1.0)] * 3 + [(1, 0.1)] * 3  # the step at epoch 1: update 4
     assert [s.scale for s in trained] == [1 / 4, 1 / 4, 1 / 3] * 2
     assert [None if s.weight is None else s.weight.tolist() for s in trained[:3]] == [None, None, [1, 1, 1, 0]]
+    assert [s.samples for s in trained[:3]] == [4, 4, 3]
     assert all(s.weights is None for s in fakes.work[0] if not isinstance(s, SnapshotRequest))  # it updates itself
 
-    # the metric actor's view: each step's outputs in order, then the split's end
+    # the metric actor's view: each step's statistics in order, then the split's end
     assert [(type(m).__name__, m.split, m.epoch) for m in fakes.outputs] == (
-        [("Outputs", "train", 0)] * 3 + [("SplitEnd", "train", 0)] + [("Outputs", "val", 0)] * 2
-        + [("SplitEnd", "val", 0)] + [("Outputs", "train", 1)] * 3 + [("SplitEnd", "train", 1)]
-        + [("Outputs", "val", 1)] * 2 + [("SplitEnd", "val", 1)])
-    outputs = [m for m in fakes.outputs if isinstance(m, Outputs)]
-    assert [(m.index, m.samples, m.lr) for m in outputs[:5]] == [(0, 4, 1.0), (1, 4, 1.0), (2, 3, 1.0),
-                                                                (0, 4, 0.0), (1, 2, 0.0)]
+        [("StepStatistics", "train", 0)] * 3 + [("SplitEnd", "train", 0)] + [("StepStatistics", "val", 0)] * 2
+        + [("SplitEnd", "val", 0)] + [("StepStatistics", "train", 1)] * 3 + [("SplitEnd", "train", 1)]
+        + [("StepStatistics", "val", 1)] * 2 + [("SplitEnd", "val", 1)])
+    steps = [m for m in fakes.outputs if isinstance(m, StepStatistics)]
+    assert [(m.index, m.lr) for m in steps[:5]] == [(0, 1.0), (1, 1.0), (2, 1.0), (0, 0.0), (1, 0.0)]
     for split, loaded in (("train", fakes.train), ("val", fakes.val)):
         batches = [batch for batch in loaded if isinstance(batch, Batch)]
-        steps = [m for m in outputs if m.split == split]
-        assert len(steps) == len(batches)
-        assert all(torch.equal(m.outputs, batch.data) and torch.equal(m.label, batch.label)
-                   for m, batch in zip(steps, batches))
+        split_steps = [m for m in steps if m.split == split]
+        assert [m.statistics for m in split_steps] == [
+            ((tuple(batch.data.squeeze(1).tolist()), batch.data.shape[0] - batch.pad),) for batch in batches]
     ends = [m for m in fakes.outputs if isinstance(m, SplitEnd)]
     assert [(m.batches, m.samples) for m in ends] == [(3, 11), (2, 6)] * 2
 
@@ -234,9 +237,10 @@ async def test_several_devices_get_their_slices_and_the_server_updates_in_replic
     assert float(snapshot.weights[0]) == 2.0  # taken after the last update, which replica 0 had not loaded
     assert next(m for m in fakes.work[0] if isinstance(m, EvalSlice)).weights is None
 
-    outputs = [m for m in fakes.outputs if isinstance(m, Outputs)]
-    assert [m.outputs.squeeze(1).tolist() for m in outputs] == [[0, 1, 2, 3, 4], [100, 101, 102, 103, 104],
-                                                                [50, 51, 52]]  # in replica order
+    steps = [m for m in fakes.outputs if isinstance(m, StepStatistics)]
+    assert [m.statistics for m in steps] == [  # one entry per slice, in replica order; replica 1's pad is no sample
+        (((0.0, 1.0, 2.0), 3), ((3.0, 4.0), 2)), (((100.0, 101.0, 102.0), 3), ((103.0, 104.0), 1)),
+        (((50.0, 51.0), 2), ((52.0,), 1))]
     assert fakes.saved[0].states["updater"] == {"optimizer": "server"}
     assert summary.updates == 2
 
@@ -246,7 +250,7 @@ async def test_a_resumed_run_counts_on_from_the_checkpoints_update(autojump_cloc
     fakes = Fakes(train=epoch_of(2, [4, 4, 4]))
     summary = await fakes.run(settings(num_epochs=3, begin_epoch=2, begin_update=6, schedule=schedule))
     assert [s.lr for s in train_slices(fakes.work[0])] == [0.25] * 3  # updates 7-9: after the steps at 3 and 6
-    assert [m.lr for m in fakes.outputs if isinstance(m, Outputs)] == [0.25] * 3
+    assert [m.lr for m in fakes.outputs if isinstance(m, StepStatistics)] == [0.25] * 3
     assert fakes.saved[0].states["num_update"] == 9 and fakes.saved[0].epoch == 3
     assert (summary.epochs, summary.updates) == (1, 9)
 
@@ -269,7 +273,13 @@ async def test_sends_no_more_steps_ahead_than_its_depth(autojump_clock, server):
         await nursery.start(fakes.run, settings(num_epochs=1, devices=1 + server))
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
-    assert len(fakes.work[0]) == steps_in_flight(server) == (1 if server else 4)
+    assert len(fakes.work[0]) == (1 if server else 4)
+
+
+def test_small_batches_go_many_steps_ahead_large_ones_few_and_none_with_a_server():
+    assert [steps_in_flight(False, batch_bytes) for batch_bytes in (1, 64 * 192 * 4, 4 << 20, 16 << 20, 1 << 30)] == [
+        16, 16, 16, 4, 4]
+    assert steps_in_flight(True, 1) == steps_in_flight(True, 1 << 30) == 1
 
 
 async def test_a_stalled_metric_actor_holds_the_loop_back(autojump_clock):

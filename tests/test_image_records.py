@@ -52,3 +52,29 @@ def test_image_bytes_and_errors_name_the_record():
         records.close()
     error = records.image_error(5, "corrupt")
     assert isinstance(error, ImageError) and f"at byte {table.offsets[5]}: record {table.keys[5]} (#5" in str(error)
+
+
+@pytest.mark.parametrize("label", [float("nan"), float("inf"), -1.0, 1e9, 10.0, 2.5])
+def test_a_label_that_is_no_class_id_is_a_bad_record(tmp_path, label):
+    path = tmp_path / "labels.rec"
+    with RecordWriter(path, index=True) as writer:
+        for key, value in enumerate([3.0, label, 9.0]):
+            writer.write(pack(IRHeader(0, value, key, 0), b"image"), key=key)
+    table = read_record_table(path)
+    with pytest.raises(RecordIOError, match=rf"labels.rec: at byte \d+: record 1 \(#1 in the file\): label "
+                                            rf"{float(np.float32(label))!r} is not a class id: expected an "
+                                            rf"integer in \[0, 10\) \(data.num_classes\)"):
+        ImageRecords(table, 1, False, num_classes=10)
+    records = ImageRecords(table, 1, True, num_classes=10)
+    records.close()
+    assert records.bad.tolist() == [False, True, False] and records.labels[[0, 2]].tolist() == [3.0, 9.0]
+    opened(table)  # without num_classes (a loss of the caller's own), labels are the caller's business
+
+
+def test_no_usable_record_at_all_is_an_error_even_when_skipping(tmp_path):
+    path = tmp_path / "bad.rec"
+    with RecordWriter(path, index=True) as writer:
+        writer.write(pack(IRHeader(0, -1.0, 0, 0), b"image"))
+        writer.write(b"short")
+    with pytest.raises(RecordIOError, match=r"record 0 \(#0 in the file\): no record can be used: all 2 are bad"):
+        ImageRecords(read_record_table(path), 1, True, num_classes=10)

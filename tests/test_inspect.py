@@ -1,12 +1,19 @@
 """flow inspect: summaries of MXNet's own .rec files, and damage reported at its exact byte."""
 
+import contextlib
+import io
 import json
 import shutil
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from flow.cli import main
 from flow.recordio import read_index
 from tests.fixtures import MXNET_FIXTURES as FIXTURES
+from tests.fixtures import fuzz_examples, mutated, small_image_rec
+from tests.test_recordio import EDITS, INDEX_LINES
 
 
 def inspect_json(capsys, *argv) -> tuple[int, dict]:
@@ -117,6 +124,17 @@ def test_index_entry_inside_a_record_fails(tmp_path, capsys):
     assert output[-2] == f"index: FAILED at byte {inside}: train.idx line 11 points at no record start"
 
 
+def test_index_listing_a_record_twice_fails(tmp_path, capsys):
+    rec = copy_train(tmp_path, with_index=True)
+    index = tmp_path / "train.idx"
+    lines = index.read_text().splitlines()
+    lines[10] = f"10\t{train_offsets()[3]}"  # as many entries as records, each at a record start
+    index.write_text("\n".join(lines) + "\n")
+    code, output = inspect_text(capsys, rec)
+    assert code == 1
+    assert output[-2] == f"index: FAILED at byte {train_offsets()[3]}: train.idx line 11 points at the same record as line 4"
+
+
 def test_image_flags_non_image_payloads(capsys):
     code, lines = inspect_text(capsys, FIXTURES / "raw.rec")
     assert code == 1
@@ -126,3 +144,17 @@ def test_image_flags_non_image_payloads(capsys):
 def test_missing_file_exits_1_with_one_line(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "none.rec")]) == 1
     assert capsys.readouterr().err.splitlines() == [f"flow inspect: error: {tmp_path / 'none.rec'}: no such file"]
+
+
+@settings(max_examples=fuzz_examples(40), deadline=None)
+@given(EDITS, INDEX_LINES, st.booleans())
+def test_inspect_on_mutated_files_reports_never_raises(tmp_path_factory, edits, index_lines, as_json):
+    """`flow inspect` over a damaged `.rec` and `.idx`: a report and exit 0 or 1, never a traceback."""
+    rec = small_image_rec(tmp_path_factory.mktemp("fuzz"))
+    rec.write_bytes(mutated(rec.read_bytes(), edits))
+    index = rec.with_suffix(".idx")
+    index.write_text(index.read_text() + "".join(line + "\n" for line in index_lines))
+    error = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(error):
+        code = main(["inspect", str(rec), *(["--json"] if as_json else [])])
+    assert code in (0, 1) and "Traceback" not in error.getvalue()

@@ -14,9 +14,10 @@ from flow.actors import loader as loader_module
 from flow.actors.loader import Batch, EpochEnd, LoaderSettings, loader, record_table
 from flow.augment import AugmentSettings
 from flow.errors import ConfigError, ImageError, RecordIOError
-from flow.image import decode
+from flow.image import decode, encode
 from flow.recordio import MAGIC, IndexedRecordReader, IRHeader, RecordWriter, pack, pack_img, unpack
 from tests.fixtures import MXNET_FIXTURES
+from tests.test_image import claiming
 from tests.test_run import threads_running_flow_code
 
 MEAN = (123.68, 116.779, 103.939)
@@ -222,6 +223,22 @@ async def test_skip_bad_records_leaves_them_out_and_counts_them(tmp_path):
         EpochEnd(0, 3, 38, skipped=2), EpochEnd(1, 3, 38, skipped=2)]
     for batch in batches(messages):  # labels still belong to their images
         assert batch.label.tolist()[: len(batch.data) - batch.pad] == numbers_of(batch)
+
+
+async def test_bombs_and_labels_that_are_no_class_ids_are_bad_records(tmp_path):
+    """A record whose image claims more pixels than max_image_pixels is never decoded; one whose label
+    is no class id below num_classes never reaches the loss: an error, or skipped and counted."""
+    bomb = pack(IRHeader(0, 3.0, 3, 0), claiming(encode(np.zeros((8, 8, 3), np.uint8), ".jpg"), 30000, 30000))
+    path = write_numbered(tmp_path / "n.rec", 40, broken={3: bomb})
+    with pytest.RaisesGroup(pytest.RaisesExc(ImageError, match=r"record 3 \(#3 in the file\): image of 30000x30000 "
+                                                               r"pixels .* over the limit of 1000000 pixels")):
+        await collect(numbered(path, max_image_pixels=10**6))
+    with pytest.RaisesGroup(pytest.RaisesExc(RecordIOError, match=r"record 30 \(#30 in the file\): label 30.0 is "
+                                                                  r"not a class id: expected an integer in \[0, 30\)")):
+        await collect(numbered(path, num_classes=30))
+    messages = await collect(numbered(path, num_classes=30, skip_bad_records=True, max_image_pixels=10**6))
+    assert sorted(by_epoch(messages)[0]) == sorted(set(range(30)) - {3})
+    assert messages[-1] == EpochEnd(0, 2, 29, skipped=11)
 
 
 async def test_records_split_around_the_magic_are_joined(tmp_path):

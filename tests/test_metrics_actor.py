@@ -1,21 +1,24 @@
-"""The metric actor alone, driven through its channels: Outputs and SplitEnd in, events out."""
+"""The metric actor alone, driven through its channels: StepStatistics and SplitEnd in, events out."""
 
 import pytest
 import torch
 import trio
 import trio.testing
 
-from flow.actors.metrics import MetricSettings, Outputs, SplitEnd, metrics
+from flow.actors.metrics import MetricSettings, SplitEnd, StepStatistics, metrics
 from flow.errors import ConfigError
 from flow.events import BatchEnd, EpochEnd, Validation
+from flow.metrics import create_metric
 
 SETTINGS = MetricSettings(metrics=("accuracy",), top_k=0, batch_size=4, disp_batches=2)
 
 
 def outputs(split, epoch, index, right, time=0.0, samples=4, lr=0.1):
-    """A batch of 4 rows over 2 classes, all labelled 0, whose first `right` rows predict 0."""
+    """A batch of 4 rows over 2 classes, all labelled 0, whose first `right` rows predict 0, as a
+    compute actor reports it: the statistics of its first `samples` rows (the rest are pads)."""
     probabilities = torch.tensor([[0.9, 0.1] if row < right else [0.1, 0.9] for row in range(4)])
-    return Outputs(split, epoch, index, probabilities, torch.zeros(4), samples, time, lr)
+    statistics = create_metric(SETTINGS.metrics).statistics(torch.zeros(samples), probabilities[:samples])
+    return StepStatistics(split, epoch, index, (statistics,), time, lr)
 
 
 async def run_actor(messages, settings=SETTINGS):
@@ -86,16 +89,13 @@ async def test_a_metric_it_cannot_make_is_its_error_and_closes_its_channels():
         event_receive.receive_nowait()
 
 
-async def test_outputs_that_do_not_fit_the_labels_are_its_error_and_close_its_channels():
-    output_send, output_receive = trio.open_memory_channel(2)
-    event_send, event_receive = trio.open_memory_channel(1)
-    output_send.send_nowait(Outputs("train", 0, 0, torch.rand(3, 2), torch.zeros(4), 4, 0.0))
-    with pytest.raises(ValueError, match="4 labels but 3 predictions"):
-        await metrics(SETTINGS, output_receive, event_send)
-    with pytest.raises(trio.BrokenResourceError):
-        output_send.send_nowait(outputs("train", 0, 1, 4))
-    with pytest.raises(trio.EndOfChannel):
-        event_receive.receive_nowait()
+async def test_each_devices_slice_adds_to_the_same_figures():
+    statistics = create_metric(SETTINGS.metrics).statistics
+    two_slices = (statistics(torch.zeros(3), torch.tensor([[0.9, 0.1]] * 3)),  # 3 of 3 right
+                  statistics(torch.zeros(1), torch.tensor([[0.1, 0.9]])))  # 0 of 1
+    events = await run_actor([StepStatistics("val", 0, 0, two_slices, 0.0),
+                              SplitEnd("val", 0, batches=1, samples=4, seconds=0.0)])
+    assert events == [Validation(0, [("accuracy", 0.75)], 4)]
 
 
 async def test_cancelled_while_waiting_on_the_bus_it_stops_and_closes_its_channels():

@@ -7,14 +7,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flow.errors import ImageError, RecordIOError
+from flow.errors import FlowError, ImageError, RecordIOError
 from flow.recordio import (
+    _LENGTH_MASK,
     MAGIC_BYTES,
     IndexedRecordReader,
     IRHeader,
     RecordReader,
     RecordWriter,
     encode_record,
+    index_path_for,
     pack,
     pack_img,
     read_index,
@@ -22,7 +24,7 @@ from flow.recordio import (
     unpack,
     unpack_img,
 )
-from tests.fixtures import MXNET_FIXTURES, PASSTHROUGH_RECORDS
+from tests.fixtures import MXNET_FIXTURES, PASSTHROUGH_RECORDS, fuzz_examples, mutated, small_image_rec
 
 MANIFEST = json.loads((MXNET_FIXTURES / "manifest.json").read_text())
 
@@ -254,6 +256,22 @@ def test_malformed_index_line_names_line(tmp_path):
         IndexedRecordReader(path)
 
 
+@pytest.mark.parametrize("line", [f"{2**63}\t0", f"-{2**63 + 1}\t0", f"3\t{2**63}", "3\t-8", f"{10**300}\t0"])
+def test_index_fields_out_of_64_bit_range_name_the_line(tmp_path, line):
+    path = copy_fixture(tmp_path)
+    (tmp_path / "raw.idx").write_text(f"3\t0\n{line}\n")
+    with pytest.raises(RecordIOError, match=r"raw.idx: at byte 4: line 2: key or offset out of range"):
+        IndexedRecordReader(path)
+
+
+def test_index_listing_one_record_twice_is_no_index(tmp_path):
+    path = copy_fixture(tmp_path)
+    keys, offsets = read_index(tmp_path / "raw.idx")
+    (tmp_path / "raw.idx").write_text(f"{keys[0]}\t{offsets[0]}\n{keys[1]}\t{offsets[1]}\n{keys[2]}\t{offsets[0]}\n")
+    with pytest.raises(RecordIOError, match=rf"at byte {offsets[0]}: .*raw.idx line 3 points at the same record as line 1"):
+        IndexedRecordReader(path)
+
+
 def test_continuation_part_without_first_part(tmp_path):
     path = tmp_path / "bad.rec"
     path.write_bytes(MAGIC_BYTES + struct.pack("<I", (2 << 29) | 4) + b"abcd")
@@ -370,3 +388,49 @@ def test_table_of_missing_files_is_a_record_error(tmp_path):
     with pytest.raises(RecordIOError, match="absent.idx: no such file"):  # a given .idx must be there
         read_record_table(tmp_path / "n.rec", tmp_path / "absent.idx")
     assert len(read_record_table(tmp_path / "n.rec")) == 64  # none given and none beside it: the file is scanned
+
+
+# Edits that hit RecordIO's fields: lengths, cflags, the magic, IRHeader flags, label floats, JPEG headers.
+INTERESTING = st.sampled_from([b"\xff\xff\xff\xff", b"\0\0\0\0", MAGIC_BYTES, struct.pack("<I", _LENGTH_MASK),
+                               struct.pack("<I", (1 << 29) | 8), struct.pack("<I", (3 << 29) | 4),
+                               struct.pack("<f", float("nan")), struct.pack("<f", 2.5), b"\xff\xd8", b"\xff\xc0"])
+EDITS = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 2**16), st.binary(min_size=1, max_size=8) | INTERESTING),
+                 min_size=1, max_size=4)
+INDEX_LINES = st.lists(st.sampled_from(["0\t0", f"{2**63}\t0", "1\t-4", "1\t999999999999", "x", "", "1 2 3",
+                                        f"{10**30}\t{10**30}", "2\t4", "3\t24"]), max_size=3)
+
+
+@settings(max_examples=fuzz_examples(100), deadline=None)
+@given(EDITS, INDEX_LINES, st.booleans(), st.booleans())
+def test_mutated_files_read_or_fail_with_flows_own_errors(tmp_path_factory, edits, index_lines, keep_index, skip):
+    """The reader, the record table and the decoding of every usable image, over a damaged `.rec`
+    and `.idx`: every failure is a FlowError (set FLOW_FUZZ_EXAMPLES for a longer run)."""
+    from flow.image import decode
+    from flow.image_records import ImageRecords
+
+    path = small_image_rec(tmp_path_factory.mktemp("fuzz"))
+    path.write_bytes(mutated(path.read_bytes(), edits))
+    index = index_path_for(path)
+    if keep_index:
+        index.write_text(index.read_text() + "".join(line + "\n" for line in index_lines))
+    else:
+        index.unlink()
+    try:
+        list(RecordReader(path))
+    except FlowError:
+        pass
+    try:
+        records = ImageRecords(read_record_table(path), 1, skip, num_classes=10)
+    except FlowError:
+        return
+    try:
+        table = records.table
+        for position in np.flatnonzero(~records.bad).tolist():
+            begin, end = table.image_start[position], table.image_end[position]
+            image = records.memory[begin:end] if begin >= 0 else table.joined[position]
+            try:
+                decode(image, max_pixels=2**16)
+            except FlowError:
+                pass
+    finally:
+        records.close()

@@ -13,7 +13,7 @@ import trio
 from flow import checkpoints
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.errors import ConfigError
+from flow.errors import ConfigError, RecordIOError
 from flow.events import (BatchEnd, CheckpointSaved, EpochEnd, LearningRateAdjusted, LearningRateChanged, RunFailed,
                          RunFinished, RunStarted, Validation)
 from flow.run import open_run, train
@@ -217,6 +217,16 @@ async def test_trains_on_mxnet_records_and_learns(tmp_path):
     assert isinstance(events[0], RunStarted)
     assert [event.samples for event in events if isinstance(event, EpochEnd)] == [800]
     assert [event.samples for event in events if isinstance(event, Validation)] == [200]
+
+
+@pytest.mark.parametrize("lr_step_epochs", [[], [1]])
+async def test_an_empty_record_file_is_nothing_to_train_on(tmp_path, lr_step_epochs):
+    (tmp_path / "empty.rec").write_bytes(b"")
+    config = small_config(tmp_path, data={"data_train": str(tmp_path / "empty.rec"), "num_examples": 0},
+                          train={"lr_step_epochs": lr_step_epochs})
+    with pytest.raises(RecordIOError, match=r"empty.rec: no records: nothing to train on \(data.data_train\)"):
+        await train(config)
+    assert not list(tmp_path.glob("model*"))  # no checkpoint, no event log
 
 
 async def test_cancelling_the_callers_scope_mid_epoch_stops_promptly(tmp_path):
