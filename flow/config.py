@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -121,15 +122,21 @@ class TrainConfig:
     num_epochs: int = knob(10, "a positive integer", _positive)
     devices: tuple[str, ...] = knob(("cpu",), "a list of devices like 'cpu' or 'cuda:0'", lambda v: len(v) > 0)
     kv_store: str = knob("local", choices=("local", "device", "dist_sync", "dist_device_sync"))
-    optimizer: str = knob("sgd", choices=("sgd", "adam"))
+    optimizer: str = knob("sgd")  # flow.optim.OPTIMIZERS, checked with the keys it goes with
     lr: float = knob(0.1, "a positive float", _positive)
-    lr_schedule: str = knob("multifactor", choices=("multifactor", "cosine"))
+    lr_mult: dict = knob({})  # glob pattern of parameter names -> lr multiplier, e.g. { "fc.*" = 10 }
+    wd_mult: dict = knob({})  # likewise for weight decay, over MXNet's rule (only *weight, *gamma decay)
+    lr_schedule: str = knob("multifactor", choices=("multifactor", "factor", "pow", "cosine"))
     lr_factor: float = knob(0.1, "a float in (0, 1]", lambda v: 0 < v <= 1)
     lr_step_epochs: tuple[int, ...] = knob((), "a list of positive epochs", lambda v: all(e > 0 for e in v))
+    lr_factor_epochs: int = knob(1, "a positive integer", _positive)  # factor: lr times lr_factor every this many
+    lr_pwr: float = knob(2.0, "a positive float", _positive)  # pow: PolyScheduler's power
     warmup_epochs: float = knob(0.0, "a non-negative float", _non_negative)
     warmup_begin_lr: float = knob(0.0, "a non-negative float", _non_negative)
+    warmup_mode: str = knob("linear", choices=("linear", "constant"))
     mom: float = knob(0.9, "a float in [0, 1]", _fraction)
     nesterov: bool = knob(False)
+    centered: bool = knob(False)  # rmsprop: MXNet's centered variant
     wd: float = knob(0.0001, "a non-negative float", _non_negative)
     clip_gradient: float = knob(0.0, "a non-negative float (0: no clipping)", _non_negative)
     precision: str = knob("fp32", choices=("fp32", "bf16"))
@@ -137,6 +144,21 @@ class TrainConfig:
     top_k: int = knob(0, "a non-negative integer", _non_negative)
     disp_batches: int = knob(20, "a positive integer", _positive)
     seed: int = knob(0, "a non-negative integer", _non_negative)
+
+    @staticmethod
+    def fit_py_forms(values: dict, source) -> dict:
+        """fit.py's `--lr-step-epochs pow2` (PolyScheduler of power 2) as flow's lr_schedule = "pow", lr_pwr = 2."""
+        steps = values.get("lr_step_epochs")
+        if not (isinstance(steps, str) and "pow" in steps):
+            return values
+        try:
+            power = float(re.sub("pow[- ]*", "", steps))  # as fit.py reads it
+        except ValueError:
+            raise ConfigError(f"train.lr_step_epochs: expected epochs or fit.py's 'powN', got {steps!r}", source) from None
+        if values.get("lr_schedule", "pow") != "pow":
+            raise ConfigError(f"train.lr_step_epochs: {steps!r} is the pow schedule, "
+                              f"but train.lr_schedule is {values['lr_schedule']!r}", source)
+        return {**values, "lr_step_epochs": [], "lr_schedule": "pow", "lr_pwr": power}
 
 
 @dataclass(frozen=True)
@@ -212,6 +234,7 @@ def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path
             f"got {config.data.part_index}", source)
     _check_metrics(config.train, source)
     _check_batch_memory(config.data, source)
+    _check_optimizer(config.train, source)
     return config
 
 
@@ -226,6 +249,16 @@ def _check_batch_memory(data: DataConfig, source) -> None:
         raise ConfigError(f"data.batch_size: a batch of {data.batch_size} images of {data.image_shape} is "
                           f"{batch_bytes / 2**30:.3g} GiB, more than this machine's memory "
                           f"({memory / 2**30:.3g} GiB)", source)
+
+
+def _check_optimizer(train: TrainConfig, source) -> None:
+    """What the updater would refuse, refused now (flow.optim holds the names and rules)."""
+    from flow.optim import optimizer_problem  # here: flow.optim imports torch
+
+    problem = optimizer_problem(train.optimizer, train.nesterov, train.lr_mult, train.wd_mult)
+    if problem:
+        key, why = problem
+        raise ConfigError(f"train.{key}: {why}", source)
 
 
 def _check_metrics(train: TrainConfig, source) -> None:
@@ -247,6 +280,8 @@ def _section(section_name: str, cls: type, values: dict, source, base_dir: Path 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     types = typing.get_type_hints(cls)
     values = dict(values)
+    if hasattr(cls, "fit_py_forms"):
+        values = cls.fit_py_forms(values, source)  # fit.py's spellings of a setting, in flow's keys
     if hasattr(cls, "implied"):
         values = {**cls.implied(values), **values}  # what a key implies, unless set explicitly
     checked = {}

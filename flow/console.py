@@ -27,7 +27,8 @@ from typing import AsyncIterable
 from tqdm import tqdm
 
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
-                         NumExamplesBelowRecords, RunStarted, Validation)
+                         LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, Validation)
+from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
 
 log = logging.getLogger("flow")
@@ -53,6 +54,10 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
             elif isinstance(event, CheckpointUnverified):
                 log.warning("%s: no checksums to verify (written by a flow from before them); loaded as it is",
                             event.path)
+            elif isinstance(event, LearningRateAdjusted):
+                log.info(adjust_line(event.lr, event.epoch))
+            elif isinstance(event, LearningRateChanged):
+                _write(bar, change_line(event.num_update, event.lr))
             elif isinstance(event, BatchEnd):
                 if bar is None and show_bar and batches_per_epoch:
                     bar = tqdm(total=batches_per_epoch, desc=f"epoch {event.epoch}", leave=False, unit="batch",

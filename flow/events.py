@@ -49,6 +49,22 @@ class CheckpointUnverified:
 
 
 @dataclass(frozen=True)
+class LearningRateChanged:
+    """A step of the lr schedule (multifactor, factor): update `num_update` is the first at `lr`."""
+
+    num_update: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class LearningRateAdjusted:
+    """At the start of a resumed run: the steps before `epoch` lowered the lr to `lr` (fit.py's line)."""
+
+    epoch: int
+    lr: float
+
+
+@dataclass(frozen=True)
 class BatchEnd:
     """Every `disp_batches` batches: Speedometer's figures since the last report (local metrics)."""
 
@@ -101,7 +117,8 @@ class RunFailed:
 
 
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
-                                             CheckpointUnverified, BatchEnd, EpochEnd, Validation, CheckpointSaved,
+                                             CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
+                                             BatchEnd, EpochEnd, Validation, CheckpointSaved,
                                              RunFinished, RunFailed)}
 
 

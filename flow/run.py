@@ -35,13 +35,13 @@ from flow.actors.checkpoint import checkpoint
 from flow.actors.compute import compute
 from flow.actors.metrics import metrics
 from flow.actors.param_server import param_server
-from flow import builders, checkpoints, models, mxnet_import
+from flow import builders, checkpoints, models, mxnet_import, optim
 from flow.config import CheckpointConfig, Config
 from flow.distributed import Cluster, join
 from flow.errors import CheckpointError, ConfigError, RecordIOError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
-from flow.events import (CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd, NumExamplesBelowRecords,
-                         RunFailed, RunFinished, Validation)
+from flow.events import (CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd, LearningRateAdjusted,
+                         NumExamplesBelowRecords, RunFailed, RunFinished, Validation)
 from flow.fit import FitChannels, fit
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
@@ -162,7 +162,7 @@ class _Plan:
     batches_per_epoch: int  # 0: unknown (custom data)
     cluster: Cluster
     writes_files: bool  # checkpoints and the event log: one process writes them (rank 0)
-    warnings: list  # events published before training starts
+    warnings: list  # events published before training starts (warnings, fit.py's resume line)
     subscriptions: list[Subscription] = field(default_factory=list)
 
 
@@ -199,7 +199,7 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     num_examples = data.num_examples or records
     if num_examples:
         epoch_size = updates_per_epoch(num_examples, data.batch_size, max(data.num_parts, cluster.world_size))
-    elif train.lr_step_epochs or train.lr_schedule == "cosine" or train.warmup_epochs:
+    elif train.lr_step_epochs or train.lr_schedule != "multifactor" or train.warmup_epochs:
         raise ConfigError("data.num_examples: the lr schedule counts in epochs, so custom data needs num_examples")
     else:
         epoch_size = 1  # a constant lr: the count never matters
@@ -225,10 +225,14 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
+    _check_optimizer_fits(config, model, updater_state, begin_epoch)
     schedule = build_schedule(
         train.lr_schedule, train.lr, epoch_size=epoch_size, num_epochs=train.num_epochs,
-        lr_factor=train.lr_factor, lr_step_epochs=train.lr_step_epochs,
-        warmup_steps=math.ceil(train.warmup_epochs * epoch_size), warmup_begin_lr=train.warmup_begin_lr)
+        lr_factor=train.lr_factor, lr_step_epochs=train.lr_step_epochs, lr_factor_epochs=train.lr_factor_epochs,
+        lr_pwr=train.lr_pwr, warmup_steps=math.ceil(train.warmup_epochs * epoch_size),
+        warmup_begin_lr=train.warmup_begin_lr, warmup_mode=train.warmup_mode)
+    if begin_epoch and (resumed_lr := schedule.resumed_lr(begin_update)) is not None:
+        warnings.append(LearningRateAdjusted(begin_epoch, resumed_lr))
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
                  train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
                  writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings)
@@ -246,6 +250,21 @@ def _resume_point(saving: CheckpointConfig) -> tuple[checkpoints.Checkpoint | No
         raise CheckpointError(f"no checkpoint to resume from verifies: {'; '.join(skipped)}; move them away to "
                               f"start afresh")
     return resumed, skipped
+
+
+def _check_optimizer_fits(config: Config, model: torch.nn.Module, updater_state: dict | None,
+                          begin_epoch: int) -> None:
+    """The lr_mult/wd_mult patterns name parameters of the model, and a resumed optimizer state is the optimizer's."""
+    train = config.train
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = optim.unmatched_pattern(names, train.lr_mult, train.wd_mult)
+    if unmatched:
+        key, pattern = unmatched
+        raise ConfigError(f"train.{key}: pattern {pattern!r} matches no parameter name of the model "
+                          f"({', '.join(names[:4]) or 'it has none'}{', ...' if len(names) > 4 else ''})")
+    if updater_state is not None:
+        optim.check_resumable(updater_state, train.optimizer,
+                              checkpoints.states_path(config.checkpoint.model_prefix, begin_epoch))
 
 
 def _check_label_width(settings: loader_actor.LoaderSettings, table: RecordTable) -> None:
@@ -347,8 +366,11 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     server = len(devices) > 1 or plan.cluster.distributed  # else the one device updates itself (no kvstore)
     updater_settings = builders.updater_settings(config.train)
 
+    # The actors hand over their copies of the model's parameters, in the model's order: named here.
+    names = [name for name, _ in plan.model.named_parameters()]
+
     def make_updater(parameters: list[torch.Tensor]) -> Updater:
-        updater = Updater(parameters, updater_settings)
+        updater = Updater(zip(names, parameters, strict=True), updater_settings)
         if plan.updater_state is not None:
             updater.load_state_dict(plan.updater_state)
         return updater

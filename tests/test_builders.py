@@ -34,7 +34,12 @@ def test_loader_settings_train_and_val():
 
 
 def test_updater_settings_name_fit_py_s_flags():
-    train = config_from_dict({"train": {"optimizer": "adam", "lr": 0.5, "mom": 0.8, "nesterov": True, "wd": 0.01,
+    train = config_from_dict({"train": {"optimizer": "torch_sgd", "lr": 0.5, "mom": 0.8, "nesterov": True, "wd": 0.01,
                                         "clip_gradient": 2.0}}).train
-    assert updater_settings(train) == UpdaterSettings(optimizer="adam", lr=0.5, momentum=0.8, nesterov=True,
+    assert updater_settings(train) == UpdaterSettings(optimizer="torch_sgd", lr=0.5, momentum=0.8, nesterov=True,
                                                       weight_decay=0.01, clip_gradient=2.0)
+    train = config_from_dict({"train": {"optimizer": "rmsprop", "centered": True, "lr_mult": {"fc.*": 10},
+                                        "wd_mult": {"*.bias": 1}}}).train
+    settings = updater_settings(train)
+    assert (settings.optimizer, settings.centered) == ("rmsprop", True)
+    assert (settings.lr_mult, settings.wd_mult) == ({"fc.*": 10}, {"*.bias": 1})

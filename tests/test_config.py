@@ -125,6 +125,26 @@ def test_metrics_as_fit_py_names_them_load():
     assert config.train.metrics == ("ACC", "top_k_acc", "ce") and config.train.top_k == 5
 
 
+@pytest.mark.parametrize("train, message", [
+    ({"optimizer": "sgdd"}, "train.optimizer: expected one of sgd, nag, adam, rmsprop, adagrad, adadelta, "
+                            "torch_sgd, torch_adam, got 'sgdd'"),
+    ({"nesterov": True}, "train.nesterov: is torch_sgd's; MXNet's Nesterov momentum is train.optimizer = \"nag\""),
+    ({"optimizer": "torch_adam", "wd_mult": {"*.bias": 0}}, "train.wd_mult: is for MXNet's optimizers"),
+    ({"lr_mult": {"fc.*": "x"}}, "train.lr_mult: expected a finite non-negative number for 'fc.*', got 'x'"),
+    ({"lr_step_epochs": "powx"}, "train.lr_step_epochs: expected epochs or fit.py's 'powN', got 'powx'"),
+    ({"lr_step_epochs": "pow2", "lr_schedule": "cosine"}, "train.lr_step_epochs: 'pow2' is the pow schedule"),
+])
+def test_optimizer_keys_that_do_not_go_together_fail_on_load(train, message):
+    with pytest.raises(ConfigError, match=re.escape(f"train.toml: {message}")):
+        config_from_dict({"train": train}, source="train.toml")
+
+
+def test_fit_py_s_pow_steps_are_the_pow_schedule(tmp_path):
+    config = load_config(write(tmp_path, "[train]\nlr = 0.1\n"), ["train.lr_step_epochs=pow2.5"])
+    assert (config.train.lr_schedule, config.train.lr_pwr, config.train.lr_step_epochs) == ("pow", 2.5, ())
+    assert config_from_dict({"train": {"lr_step_epochs": "30,60"}}).train.lr_step_epochs == (30, 60)
+
+
 # --------------------------------------------------------------------------- fuzzing through `flow run`
 
 FIELDS = [(section, field.name) for section, cls in SECTIONS.items() for field in dataclasses.fields(cls)

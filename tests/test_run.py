@@ -13,8 +13,9 @@ import trio
 from flow import checkpoints
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.errors import CheckpointError, FlowError, RecordIOError
-from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd, RunFailed,
+from flow.errors import CheckpointError, ConfigError, FlowError, RecordIOError
+from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
+                         LearningRateAdjusted, LearningRateChanged, RunFailed,
                          RunFinished, RunStarted, Validation)
 from flow.run import open_run, train
 from tests.fixtures import MXNET_FIXTURES, REPO_ROOT
@@ -106,9 +107,11 @@ async def test_a_run_leaves_torchs_global_rng_as_it_found_it(tmp_path):
     assert torch.equal(torch.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("devices", [["cpu"], ["cpu", "cpu"]])
-async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices):
-    steps = {"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4, "devices": devices}
+@pytest.mark.parametrize("devices, optimizer", [(["cpu"], {}), (["cpu", "cpu"], {}), (["cpu"], {"optimizer": "adam"}),
+                                                (["cpu", "cpu"], {"optimizer": "rmsprop", "centered": True}),
+                                                (["cpu"], {"optimizer": "torch_sgd"})])
+async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices, optimizer):
+    steps = {"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4, "devices": devices, **optimizer}
     await train(small_config(tmp_path / "whole", train=steps), train_data=synthetic_data())
     await train(small_config(tmp_path / "split", train={**steps, "num_epochs": 2}), train_data=synthetic_data())
     await train(small_config(tmp_path / "split", train=steps, checkpoint={"load_epoch": 2}),
@@ -198,7 +201,29 @@ async def test_resume_past_every_step_runs_at_the_reduced_lr(tmp_path):
         events = [event async for event in run.events()]
     speeds = [event for event in events if isinstance(event, BatchEnd)]
     assert speeds and all(event.lr == pytest.approx(0.05) for event in speeds)
+    assert events[0] == LearningRateAdjusted(2, pytest.approx(0.05))  # fit.py's line, before RunStarted
+    assert not any(isinstance(event, LearningRateChanged) for event in events)
     assert isinstance(events[-1], RunFinished) and events[-1].updates == 18
+
+
+async def test_each_lr_step_is_announced_at_its_first_update(tmp_path):
+    config = small_config(tmp_path, train={"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4,
+                                           "warmup_epochs": 0.5})
+    async with open_run(config, train_data=synthetic_data()) as run:
+        events = [event async for event in run.events()]
+    assert [event for event in events if isinstance(event, (LearningRateChanged, LearningRateAdjusted))] == [
+        LearningRateChanged(7, 0.05), LearningRateChanged(19, 0.025)]  # 6 updates an epoch; none in warmup
+
+
+async def test_resuming_sgd_from_torch_s_optimizer_state_is_refused(tmp_path):
+    await train(small_config(tmp_path, train={"optimizer": "torch_sgd", "num_epochs": 1}), train_data=synthetic_data())
+    with pytest.raises(ConfigError, match='trained with train.optimizer = .torch_sgd.: resume it with that'):
+        await train(small_config(tmp_path, checkpoint={"load_epoch": 1}), train_data=synthetic_data())
+
+
+async def test_a_multiplier_pattern_that_matches_nothing_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.lr_mult: pattern 'fc9.\*' matches no parameter name .*fc1.weight"):
+        await train(small_config(tmp_path, train={"lr_mult": {"fc9.*": 2}}), train_data=synthetic_data())
 
 
 async def test_events_in_order_with_checkpoints_and_validation(tmp_path):
@@ -369,8 +394,12 @@ async def test_fine_tune_from_a_checkpoint_keeps_the_body_and_replaces_the_class
 
 
 @pytest.mark.parametrize("train_options", [{"precision": "bf16"}, {"optimizer": "adam", "lr": 0.01},
-                                           {"nesterov": True, "clip_gradient": 0.1, "lr_schedule": "cosine",
-                                            "warmup_epochs": 0.5}])
+                                           {"optimizer": "torch_sgd", "nesterov": True, "clip_gradient": 0.1,
+                                            "lr_schedule": "cosine", "warmup_epochs": 0.5},
+                                           {"optimizer": "nag", "lr_schedule": "pow", "lr_mult": {"fc3.*": 2.0}},
+                                           {"optimizer": "adagrad", "lr_schedule": "factor", "warmup_mode": "constant",
+                                            "warmup_epochs": 0.5, "warmup_begin_lr": 0.01},
+                                           {"optimizer": "adadelta", "wd_mult": {"*.bias": 1.0}}])
 async def test_optimizer_and_precision_options_train(tmp_path, train_options):
     result = await train(small_config(tmp_path, train=train_options), train_data=synthetic_data())
     assert result.updates == 12 and 0 <= result.train_metrics[0][1] <= 1
