@@ -85,6 +85,21 @@ class DataConfig:
     max_random_shear_ratio: float = knob(0.0, "a non-negative float", _non_negative)
     min_random_scale: float = knob(1.0, "a positive float", _positive)
     max_random_scale: float = knob(1.0, "a positive float", _positive)
+    min_random_aspect_ratio: float = knob(0.0, "a non-negative float (0: unset, aspect 1 +- max_random_aspect_ratio)",
+                                          _non_negative)
+    random_resized_crop: bool = knob(False)
+    min_random_area: float = knob(1.0, "a float in (0, 1]", lambda v: 0 < v <= 1)
+    max_random_area: float = knob(1.0, "a float in (0, 1]", lambda v: 0 < v <= 1)
+    min_crop_size: int = knob(0, "a non-negative integer (0: off)", _non_negative)
+    max_crop_size: int = knob(0, "a non-negative integer (0: off)", _non_negative)
+    max_img_size: float = knob(0.0, "a non-negative float (0: no limit)", _non_negative)
+    min_img_size: float = knob(0.0, "a non-negative float", _non_negative)
+    brightness: float = knob(0.0, "a float in [0, 1]", _fraction)
+    contrast: float = knob(0.0, "a float in [0, 1]", _fraction)
+    saturation: float = knob(0.0, "a float in [0, 1]", _fraction)
+    pca_noise: float = knob(0.0, "a non-negative float", _non_negative)
+    inter_method: int = knob(1, "0-4, 9 or 10 (nearest, bilinear, cubic, area, lanczos, auto, random)",
+                             lambda v: v in (0, 1, 2, 3, 4, 9, 10))
 
     @staticmethod
     def implied(values: dict) -> dict:
@@ -235,7 +250,31 @@ def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path
     _check_metrics(config.train, source)
     _check_batch_memory(config.data, source)
     _check_optimizer(config.train, source)
+    _check_crops(config.data, source)
     return config
+
+
+def _check_crops(data: DataConfig, source) -> None:
+    """What ImageRecordIter's CHECKs refuse, refused on load: random_resized_crop beside the other crops
+    and scales, and ranges upside down."""
+    if data.random_resized_crop:
+        clashes = [name for name, on in (("random_crop", data.random_crop),
+                                         ("min_random_scale", data.min_random_scale != 1.0),
+                                         ("max_random_scale", data.max_random_scale != 1.0),
+                                         ("min_crop_size", bool(data.min_crop_size)),
+                                         ("max_crop_size", bool(data.max_crop_size))) if on]
+        if clashes:
+            raise ConfigError(f"data.random_resized_crop: conflicts with data.{clashes[0]} (as MXNet's; "
+                              f"aug_level >= 1 sets random_crop: set data.random_crop = false)", source)
+    if data.min_random_area > data.max_random_area:
+        raise ConfigError(f"data.min_random_area: expected at most data.max_random_area ({data.max_random_area}), "
+                          f"got {data.min_random_area}", source)
+    if data.min_random_aspect_ratio and data.min_random_aspect_ratio > data.max_random_aspect_ratio:
+        raise ConfigError(f"data.min_random_aspect_ratio: expected at most data.max_random_aspect_ratio "
+                          f"({data.max_random_aspect_ratio}), got {data.min_random_aspect_ratio}", source)
+    if (data.min_crop_size or data.max_crop_size) and not 0 < data.min_crop_size <= data.max_crop_size:
+        raise ConfigError(f"data.min_crop_size: expected a positive integer at most data.max_crop_size "
+                          f"({data.max_crop_size}), got {data.min_crop_size}", source)
 
 
 def _check_batch_memory(data: DataConfig, source) -> None:

@@ -80,6 +80,15 @@ def test_aug_level_fills_only_unset_knobs():
     ({"data": {"num_classes": 2**40}}, r"data.num_classes: expected a positive integer, at most 2\*\*24"),
     ({"data": {"data_nthreads": 10**6}}, r"data.data_nthreads: expected a positive integer, at most 1024"),
     ({"data": {"max_image_pixels": 0}}, r"data.max_image_pixels: expected a positive integer, got 0"),
+    ({"data": {"random_resized_crop": True, "aug_level": 1}}, r"data.random_resized_crop: conflicts with data.random_crop"),
+    ({"data": {"random_resized_crop": True, "max_random_scale": 1.2}},
+     r"data.random_resized_crop: conflicts with data.max_random_scale"),
+    ({"data": {"min_random_area": 0.5, "max_random_area": 0.4}}, r"data.min_random_area: expected at most"),
+    ({"data": {"min_random_aspect_ratio": 1.5, "max_random_aspect_ratio": 1.2}},
+     r"data.min_random_aspect_ratio: expected at most data.max_random_aspect_ratio \(1.2\)"),
+    ({"data": {"max_crop_size": 30}}, r"data.min_crop_size: expected a positive integer at most"),
+    ({"data": {"inter_method": 5}}, r"data.inter_method: expected 0-4, 9 or 10"),
+    ({"data": {"brightness": 1.5}}, r"data.brightness: expected a float in \[0, 1\]"),
 ])
 def test_bad_config_says_which_key_and_what_is_expected(raw, message):
     with pytest.raises(ConfigError, match=message):
