@@ -18,7 +18,9 @@ import torch
 import trio
 
 from flow import channels as hand_off
+from flow.events import MonitorStatistics
 from flow.metrics import create_metric
+from flow.monitor import Monitor
 from flow.optim import Updater
 from flow.seeding import derive_seed
 
@@ -33,6 +35,8 @@ class ComputeSettings:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     metrics: tuple[str, ...] = ("accuracy",)  # whose statistics each step computes (flow.metrics names)
     top_k: int = 0
+    monitor: int = 0  # MXNet's Monitor every this many training batches, on replica 0 (flow/monitor.py); 0: off
+    monitor_pattern: str = ".*"  # the names it watches (re.match)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,7 @@ class TrainResult:
     replica: int
     statistics: tuple | None  # the metrics' statistics of the slice's real samples (None: it has none)
     gradients: list[torch.Tensor | None] | None
+    monitor: MonitorStatistics | None = None  # on the batches the monitor watches
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,9 @@ class _Replica:
         # Each step's metric statistics are computed here, beside the outputs, so that only a few
         # numbers travel to the metric actor and the Trio thread does no array work a step.
         self.metric = create_metric(settings.metrics, settings.top_k)
+        # As MXNet monitors its first executor; None when off, so that a step without it tests one attribute.
+        self.monitor = (Monitor(self.model, settings.monitor, settings.monitor_pattern)
+                        if settings.monitor and settings.replica == 0 else None)
         self.steps = {TrainSlice: self.train_step, EvalSlice: self.eval_step, SnapshotRequest: self.snapshot}
 
     def autocast(self):
@@ -134,25 +142,28 @@ class _Replica:
             self.random.seed(derive_seed(self.settings.seed, "compute", work.epoch, self.settings.replica))
             self.seeded_epoch = work.epoch
         self.load(work.weights)
+        monitored = None if self.monitor is None else self.monitor.tic()
         if not self.model.training:
             self.model.train()
         data = self.inputs(work.data)
         label = work.label.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
-        with self.autocast():
+        with self.autocast(), monitored or contextlib.nullcontext():  # the monitor's hooks record the outputs
             logits = self.model(data)
         loss = self.loss_fn(logits.float(), label)
         if work.weight is not None:
             loss = loss * work.weight.to(self.device, non_blocking=True)
         loss.sum().backward()
+        if monitored is not None:
+            monitored.record_gradients()
         statistics = self.statistics(work.label, logits.detach(), work.samples)
         if self.updater is not None:
             self.updater.step(work.scale, work.lr)
-            return TrainResult(self.settings.replica, statistics, None)
+            return TrainResult(self.settings.replica, statistics, None, None if monitored is None else monitored.toc())
         gradients = [None if not p.requires_grad else p.grad if p.grad is not None else torch.zeros_like(p)
                      for p in self.parameters]
-        return TrainResult(self.settings.replica, statistics, gradients)
+        return TrainResult(self.settings.replica, statistics, gradients, None if monitored is None else monitored.toc())
 
     @torch.no_grad()
     def eval_step(self, work: EvalSlice) -> EvalResult:

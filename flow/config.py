@@ -39,6 +39,14 @@ def _non_negative(value) -> bool:
     return value >= 0
 
 
+def _is_regex(value) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
 def _fraction(value) -> bool:
     return 0 <= value <= 1
 
@@ -158,6 +166,8 @@ class TrainConfig:
     metrics: tuple[str, ...] = knob(("accuracy",), "a list of metric names", lambda v: len(v) > 0)
     top_k: int = knob(0, "a non-negative integer", _non_negative)
     disp_batches: int = knob(20, "a positive integer", _positive)
+    monitor: int = knob(0, "a non-negative integer (0: off)", _non_negative)  # MXNet's Monitor every N batches
+    monitor_pattern: str = knob(".*", "a regular expression", _is_regex)  # the names it watches (re.match)
     seed: int = knob(0, "a non-negative integer", _non_negative)
 
     @staticmethod

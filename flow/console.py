@@ -8,6 +8,7 @@ logging.basicConfig does), worded exactly as MXNet's, so that tools/parse_log.py
     Epoch[0] Time cost=12.345
     Saved checkpoint to "runs/shapes-0001.params"
     Epoch[0] Validation-accuracy=0.700000
+    Batch:       1 fc1.weight                     0.0712316
 
 `flow run` attaches it to its run; a program that embeds flow may as well (with the `flow`
 logger shown, e.g. by logging.basicConfig(level=logging.INFO)). Subscribe before the block's first
@@ -27,9 +28,11 @@ from typing import AsyncIterable
 from tqdm import tqdm
 
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
-                         LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, Validation)
+                         LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, Validation,
+                         MonitorStatistics)
 from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
+from flow.monitor import monitor_line
 
 log = logging.getLogger("flow")
 
@@ -78,6 +81,9 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
                     log.info(validation_line(event.epoch, name, value))
             elif isinstance(event, CheckpointSaved):  # written beside training: the next epoch's bar may be up
                 _write(bar, checkpoint_line(event.params_path))
+            elif isinstance(event, MonitorStatistics):
+                for name, value in event.statistics:
+                    _write(bar, monitor_line(event.batch, name, value))
     finally:
         if bar is not None:
             bar.close()

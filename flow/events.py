@@ -116,10 +116,19 @@ class RunFailed:
     message: str
 
 
+@dataclass(frozen=True)
+class MonitorStatistics:
+    """Every train.monitor batches: MXNet Monitor's norm(x) / sqrt(x.size) of the first replica's matching
+    layer outputs, gradients, parameters and buffers (flow/monitor.py), in that order."""
+
+    batch: int  # training batches of the run so far, this one included (MXNet's Monitor.step)
+    statistics: list[tuple[str, float]]
+
+
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
                                              CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
                                              BatchEnd, EpochEnd, Validation, CheckpointSaved,
-                                             RunFinished, RunFailed)}
+                                             RunFinished, RunFailed, MonitorStatistics)}
 
 
 def event_to_dict(event) -> dict:
@@ -141,8 +150,9 @@ def event_from_dict(record: dict):
             raise ValueError(f"{name} has no field {reprlib.repr(key)}")
         if not _is(value, types[key]):
             raise ValueError(f"{name}.{key}: expected {types[key]}, got {reprlib.repr(value)}")
-    if "metrics" in fields:
-        fields["metrics"] = [tuple(pair) for pair in fields["metrics"]]
+    for pairs in ("metrics", "statistics"):
+        if pairs in fields:
+            fields[pairs] = [tuple(pair) for pair in fields[pairs]]
     try:
         return cls(**fields)
     except TypeError as error:  # a field missing

@@ -154,6 +154,8 @@ class _Loop:
         step = self.in_flight.popleft()
         results = sorted([await hand_off.receive(self.channels.results) for _ in range(step.slices)],
                          key=lambda result: result.replica)
+        if step.num_update is not None and results[0].monitor is not None:  # before the batch's Speedometer line, as MXNet
+            await self.channels.events.send(results[0].monitor)
         if step.num_update is not None and self.channels.server_requests is not None:
             await self.channels.server_requests.send(
                 Update(step.num_update, step.lr, [r.gradients for r in results], step.samples))

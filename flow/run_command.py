@@ -23,7 +23,7 @@ from typing import Callable
 FIT_PY_KEYS = (
     "model.network", "model.num_layers", "train.devices", "train.kv_store", "train.num_epochs", "train.lr",
     "train.lr_factor", "train.lr_step_epochs", "train.optimizer", "train.mom", "train.wd", "data.batch_size",
-    "train.disp_batches", "checkpoint.model_prefix", "checkpoint.load_epoch", "train.top_k",
+    "train.disp_batches", "checkpoint.model_prefix", "train.monitor", "checkpoint.load_epoch", "train.top_k",
     "data.data_train", "data.data_val", "data.image_shape", "data.num_classes", "data.num_examples",
 )
 
