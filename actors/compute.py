@@ -94,6 +94,9 @@ class ReplicaState:
     updater: dict | None  # the updater's state_dict; None when the parameter server holds it
 
 
+_UNMONITORED = contextlib.nullcontext()  # one for every batch the monitor skips: nothing to allocate
+
+
 class _Replica:
     """The torch side of a compute actor; every method runs in the actor's worker thread."""
 
@@ -149,7 +152,7 @@ class _Replica:
         label = work.label.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
-        with self.autocast(), monitored or contextlib.nullcontext():  # the monitor's hooks record the outputs
+        with self.autocast(), monitored or _UNMONITORED:  # the monitor's hooks record the outputs
             logits = self.model(data)
         loss = self.loss_fn(logits.float(), label)
         if work.weight is not None:
