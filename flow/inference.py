@@ -60,7 +60,7 @@ async def score(config: Config, epoch: int | None = None, *, model: torch.nn.Mod
     epoch = config.checkpoint.load_epoch if epoch is None else epoch
     if not config.data.data_val:
         raise ConfigError("data.data_val: no record file to score on")
-    plan = await trio.to_thread.run_sync(_plan, config, epoch, config.data.data_val, model)
+    plan = await trio.to_thread.run_sync(_plan, config, epoch, config.data.data_val, model, True)
     statistics_send, statistics_receive = trio.open_memory_channel(_IN_FLIGHT)
     event_send, event_receive = trio.open_memory_channel(1)
 
@@ -92,7 +92,7 @@ async def predict(config: Config, data: str, epoch: int | None = None, *,
     loader and the devices; only the batches in flight (a few) are ever held.
     """
     epoch = config.checkpoint.load_epoch if epoch is None else epoch
-    plan = await trio.to_thread.run_sync(_plan, config, epoch, data, model)
+    plan = await trio.to_thread.run_sync(_plan, config, epoch, data, model, False)
     predictions_send, predictions_receive = trio.open_memory_channel(0)
 
     def forward(batch_data: torch.Tensor, label: torch.Tensor, samples: int) -> PredictSlice:
@@ -124,10 +124,12 @@ class _Plan:
     records: RecordTable
 
 
-def _plan(config: Config, epoch: int, path: str, model: torch.nn.Module | None) -> _Plan:
+def _plan(config: Config, epoch: int, path: str, model: torch.nn.Module | None, labelled: bool) -> _Plan:
+    """`labelled`: the records' labels are class ids (scoring), else whatever they are is passed over."""
     loaded = checkpoint_model(config, epoch, model)
     settings = dataclasses.replace(builders.loader_settings(config.data, "val", config.train.seed), path=path,
-                                   index_path="" if path != config.data.data_val else config.data.data_val_idx)
+                                   index_path=config.data.data_val_idx if path == config.data.data_val else "",
+                                   num_classes=config.data.num_classes if labelled else 0)
     return _Plan(loaded, settings, loader_actor.record_table(settings))
 
 
