@@ -127,9 +127,11 @@ class _Plan:
 def _plan(config: Config, epoch: int, path: str, model: torch.nn.Module | None, labelled: bool) -> _Plan:
     """`labelled`: the records' labels are class ids (scoring), else whatever they are is passed over."""
     loaded = checkpoint_model(config, epoch, model)
-    settings = dataclasses.replace(builders.loader_settings(config.data, "val", config.train.seed), path=path,
-                                   index_path=config.data.data_val_idx if path == config.data.data_val else "",
-                                   num_classes=config.data.num_classes if labelled else 0)
+    data = config.data
+    if path != data.data_val:  # another file than the validation one: read as it would be, without its .idx
+        data = dataclasses.replace(data, data_val=path, data_val_idx="")
+    settings = dataclasses.replace(builders.loader_settings(data, "val", config.train.seed),
+                                   num_classes=data.num_classes if labelled else 0)
     return _Plan(loaded, settings, loader_actor.record_table(settings))
 
 

@@ -17,19 +17,9 @@ from flow.events import Validation
 from flow.inference import Predictions, checkpoint_model, predict, score
 from flow.recordio import IRHeader, IndexedRecordReader, RecordWriter, pack, pack_img, unpack, unpack_img
 from flow.run import open_run
-from tests.fixtures import MXNET_FIXTURES
+from tests.fixtures import MXNET_FIXTURES, repacked_rec
 
-FIRST_ID = 2 ** 40  # past 32 bits: ids are the headers' uint64, not positions or .idx keys
-
-
-def repacked_rec(path, first: int, count: int, first_id: int = FIRST_ID):
-    """`count` records of MXNet's resized.rec (32x32 JPEGs) from position `first` (wrapping around),
-    with header ids first_id + 7 i and .idx keys i."""
-    with IndexedRecordReader(MXNET_FIXTURES / "resized.rec") as reader, RecordWriter(path, index=True) as writer:
-        for i in range(count):
-            header, image = unpack(reader.read_position((first + i) % len(reader.keys)))
-            writer.write(pack(IRHeader(header.flag, header.label, first_id + 7 * i, 0), image), key=i)
-    return path
+FIRST_ID = 2 ** 40  # repacked_rec's: past 32 bits, so ids are the headers' uint64, not positions or .idx keys
 
 
 def raw_config(folder, prefix="model", data_val="val_a.rec", **train):
