@@ -64,6 +64,14 @@ class EvalSlice:
 
 
 @dataclass(frozen=True)
+class PredictSlice:
+    """One device's slice of a batch to predict (flow predict): forward only, its probabilities back."""
+
+    data: torch.Tensor
+    samples: int  # real samples: the first rows, whose probabilities come back (the rest are pads)
+
+
+@dataclass(frozen=True)
 class SnapshotRequest:
     """Asks for the replica's state (for a checkpoint); it comes back on `reply`, apart from the slices' results."""
 
@@ -86,6 +94,12 @@ class TrainResult:
 class EvalResult:
     replica: int
     statistics: tuple | None  # as TrainResult's
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    replica: int
+    probabilities: torch.Tensor  # float32 on the CPU, (samples, classes): softmax of the real samples' outputs
 
 
 @dataclass(frozen=True)
@@ -119,7 +133,8 @@ class _Replica:
         # As MXNet monitors its first executor; None when off, so that a step without it tests one attribute.
         self.monitor = (Monitor(self.model, settings.monitor, settings.monitor_pattern)
                         if settings.monitor and settings.replica == 0 else None)
-        self.steps = {TrainSlice: self.train_step, EvalSlice: self.eval_step, SnapshotRequest: self.snapshot}
+        self.steps = {TrainSlice: self.train_step, EvalSlice: self.eval_step, PredictSlice: self.predict_step,
+                      SnapshotRequest: self.snapshot}
 
     def autocast(self):
         if self.settings.precision == "bf16":
@@ -175,6 +190,14 @@ class _Replica:
         with self.autocast():
             logits = self.model(self.inputs(work.data))
         return EvalResult(self.settings.replica, self.statistics(work.label, logits, work.samples))
+
+    @torch.no_grad()
+    def predict_step(self, work: PredictSlice) -> PredictResult:
+        self.model.eval()
+        with self.autocast():  # the whole slice, pads too: each row's outputs as eval_step computes them
+            logits = self.model(self.inputs(work.data))
+        probabilities = torch.softmax(logits[:work.samples].float(), dim=1)
+        return PredictResult(self.settings.replica, probabilities.cpu())
 
     def statistics(self, label: torch.Tensor, logits: torch.Tensor, samples: int) -> tuple | None:
         """The metrics' statistics of the first `samples` rows, on the probabilities (what MXNet's
@@ -246,11 +269,12 @@ async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Ca
                   work_channel: trio.MemoryReceiveChannel, result_channel: trio.MemorySendChannel,
                   make_updater: Callable[[list[torch.Tensor]], Updater] | None = None,
                   task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Runs each TrainSlice, EvalSlice and SnapshotRequest it receives in this device's one worker thread,
-    in order, and sends each slice's TrainResult or EvalResult on `result_channel`.
+    """Runs each TrainSlice, EvalSlice, PredictSlice and SnapshotRequest it receives in this device's one
+    worker thread, in order, and sends each slice's TrainResult, EvalResult or PredictResult on `result_channel`.
 
     Messages already queued when the thread is free go in the same thread call, in order.
-    With `make_updater` (one device, no kvstore) the replica updates its own weights each step.
+    With `make_updater` (one device, no kvstore) the replica updates its own weights each step; without
+    it, and fed no TrainSlice, no optimizer is built and `loss_fn` (None will do) is never called.
     Reports started (for `nursery.start`) once the replica and its optimizer are built.
     """
     one_thread = trio.CapacityLimiter(1)  # one thread per device keeps CUDA streams simple

@@ -6,7 +6,6 @@ Images are RGB, HxWx3 uint8, everywhere in flow (MXNet's ImageRecordIter is RGB 
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 import simplejpeg
@@ -25,20 +24,16 @@ def is_jpeg(data: bytes) -> bool:
 # header claiming 65500x65500 would otherwise have the decoder allocate 12 GiB before it fails.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 
-# flow refuses images over its own limit, read from the header before decoding; Pillow's warning for
-# images over its limit (89 Mpx) would only repeat that, as a stray line on stderr.
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
 
 def decode(data: bytes, out: np.ndarray | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """RGB uint8 HxWx3 from JPEG/PNG/any Pillow format; decodes straight into `out` when given.
     An image whose header claims more than `max_pixels` pixels is an ImageError, before any decoding."""
     try:
         if is_jpeg(data):
+            if out is not None:  # simplejpeg checks the header's size against `out` before it decodes
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
             _check_pixels(height, width, max_pixels, data)
-            if out is not None:
-                return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         with Image.open(io.BytesIO(data)) as image:
             _check_pixels(image.height, image.width, max_pixels, data)

@@ -465,6 +465,12 @@ def with_fine_tune(spec: dict[str, Any], num_classes: int, layer_before_fullc: s
     return {**spec, "fine_tune": [*spec.get("fine_tune", []), step]}
 
 
+def spec_image_shape(spec: dict[str, Any]) -> tuple[int, ...]:
+    """The C, H, W of the images the model of `spec` takes: the last fine-tune's that names one, else the network's."""
+    shapes = [step["image_shape"] for step in spec.get("fine_tune", []) if step.get("image_shape") is not None]
+    return tuple((shapes or [spec["image_shape"]])[-1])
+
+
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """The module `spec` describes, freshly initialized structure only (load weights on top)."""
     missing = [key for key in ("version", "network", "num_classes", "image_shape") if key not in spec]
