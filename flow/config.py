@@ -159,6 +159,8 @@ class TrainConfig:
     top_k: int = knob(0, "a non-negative integer", _non_negative)
     disp_batches: int = knob(20, "a positive integer", _positive)
     seed: int = knob(0, "a non-negative integer", _non_negative)
+    skip_nonfinite: bool = knob(False)  # a NaN/inf loss skips that update (counted) instead of ending the run
+    dist_timeout: float = knob(300.0, "a positive number of seconds", _positive)  # dist_*: wait for a peer this long
 
     @staticmethod
     def fit_py_forms(values: dict, source) -> dict:

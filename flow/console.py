@@ -27,7 +27,8 @@ from typing import AsyncIterable
 from tqdm import tqdm
 
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
-                         LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, Validation)
+                         LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, Validation,
+                         NonFiniteUpdatesSkipped)
 from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
 
@@ -78,6 +79,9 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
                     log.info(validation_line(event.epoch, name, value))
             elif isinstance(event, CheckpointSaved):  # written beside training: the next epoch's bar may be up
                 _write(bar, checkpoint_line(event.params_path))
+            elif isinstance(event, NonFiniteUpdatesSkipped):
+                log.warning("Epoch[%d] skipped %d of its %d updates: their loss was NaN or inf (train.skip_nonfinite)",
+                            event.epoch, event.skipped, event.batches)
     finally:
         if bar is not None:
             bar.close()
