@@ -96,8 +96,8 @@ class _Server:
         try:
             torch.distributed.all_reduce(flat)
         except RuntimeError as error:  # gloo / NCCL: a peer crashed, exited or timed out
-            raise DistributedError(f"update {num_update}: the gradient all_reduce failed, so "
-                                   f"another process of the job stopped or hangs ({_reason(error)})") from None
+            raise DistributedError(f"update {num_update}: the gradient all_reduce failed, so another process "
+                                   f"of the job{_peer()} stopped or hangs ({_reason(error)})") from None
         offset = 0
         for gradient in gradients:
             gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
@@ -122,6 +122,13 @@ async def param_server(settings: ServerSettings, initial_weights: list[torch.Ten
             else:
                 state = await trio.to_thread.run_sync(server.updater.state_dict, limiter=one_thread)
                 await request.reply.send(state)
+
+
+def _peer() -> str:
+    """The other process's rank, when there is only one other (the backends do not say which one failed)."""
+    if torch.distributed.get_world_size() != 2:
+        return ""
+    return f" (rank {1 - torch.distributed.get_rank()})"
 
 
 def _reason(error: RuntimeError) -> str:

@@ -13,7 +13,7 @@ import trio
 from flow import checkpoints
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.errors import CheckpointError, ConfigError, FlowError, RecordIOError
+from flow.errors import CheckpointError, ConfigError, FlowError, RecordIOError, UserCodeError
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
                          LearningRateAdjusted, LearningRateChanged, RunFailed,
                          RunFinished, RunStarted, Validation)
@@ -260,7 +260,7 @@ async def test_console_lines_parse_with_mxnet_parse_log(tmp_path, caplog):
     assert lines.count(f'Saved checkpoint to "{tmp_path / "model"}-0002.params"') == 1
 
 
-async def test_a_failing_model_surfaces_as_its_own_exception(tmp_path):
+async def test_a_failing_model_surfaces_as_a_user_code_error_caused_by_its_exception(tmp_path):
     class Broken(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -270,12 +270,13 @@ async def test_a_failing_model_surfaces_as_its_own_exception(tmp_path):
             raise ArithmeticError("broken model")
 
     seen = []
-    with pytest.raises(ArithmeticError, match="broken model"):
+    with pytest.raises(UserCodeError, match=r"^the model raised ArithmeticError: broken model ") as failed:
         async with open_run(small_config(tmp_path), model=Broken(), train_data=synthetic_data()) as run:
             async for event in run.events():
                 seen.append(event)
+    assert isinstance(failed.value.__cause__, ArithmeticError)
     assert isinstance(seen[0], RunStarted)
-    assert seen[-1] == RunFailed("ArithmeticError", "broken model")
+    assert seen[-1] == RunFailed("UserCodeError", str(failed.value))
 
 
 async def test_trains_on_mxnet_records_and_learns(tmp_path):
