@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -192,6 +193,7 @@ async def test_a_peer_that_hangs_ends_the_others_after_dist_timeout_naming_its_r
             rank.communicate()
     assert ranks[0].returncode != 0
     last_line = errors.strip().splitlines()[-1]
-    assert "DistributedError: update 4: the gradient all_reduce failed, so another process of the job (rank 1) " \
-           "stopped or hangs (" in last_line, errors
-    assert waited < 30  # gloo's own timeout is 30 minutes
+    # Which update: the first whose all_reduce rank 1 misses (its event loop hangs, batches prefetched or not).
+    assert re.search(r"DistributedError: update \d+: the gradient all_reduce failed, so another process of the "
+                     r"job \(rank 1\) stopped or hangs \(Timed out", last_line), errors
+    assert waited < 90  # gloo's own timeout is 30 minutes (the bound leaves room for start-up on a busy machine)
