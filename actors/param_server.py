@@ -126,7 +126,7 @@ async def param_server(settings: ServerSettings, initial_weights: list[torch.Ten
 
 def _peer() -> str:
     """The other process's rank, when there is only one other (the backends do not say which one failed)."""
-    if torch.distributed.get_world_size() != 2:
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() != 2:
         return ""
     return f" (rank {1 - torch.distributed.get_rank()})"
 
