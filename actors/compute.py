@@ -10,6 +10,7 @@ done) keeps the two from racing.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -19,10 +20,12 @@ import trio
 
 from flow import channels as hand_off
 from flow.events import MonitorStatistics
+from flow.errors import FlowError, NonFiniteLossError
 from flow.metrics import create_metric
 from flow.monitor import Monitor
 from flow.optim import Updater
 from flow.seeding import derive_seed
+from flow.user_code import user_code_error
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class ComputeSettings:
     top_k: int = 0
     monitor: int = 0  # MXNet's Monitor every this many training batches, on replica 0 (flow/monitor.py); 0: off
     monitor_pattern: str = ".*"  # the names it watches (re.match)
+    skip_nonfinite: bool = False  # a NaN/inf loss skips the step's update (else it ends the run)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class TrainSlice:
     scale: float  # 1 / real samples in the whole batch: the update averages over the global batch
     lr: float  # of this step's update, for a replica that owns the updater
     weights: list[torch.Tensor] | None  # newest master weights to load first (None: loaded already)
+    batch: int = 0  # the batch's index in its epoch, for errors
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,8 @@ class EvalSlice:
     label: torch.Tensor
     samples: int  # as TrainSlice's
     weights: list[torch.Tensor] | None  # as TrainSlice's
+    epoch: int = 0  # for errors, as TrainSlice's batch
+    batch: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,7 @@ class TrainResult:
     replica: int
     statistics: tuple | None  # the metrics' statistics of the slice's real samples (None: it has none)
     gradients: list[torch.Tensor | None] | None
+    nonfinite_loss: bool = False  # the loss was NaN or inf: no update was made, or is to be made
     monitor: MonitorStatistics | None = None  # on the batches the monitor watches
 
 
@@ -167,28 +175,51 @@ class _Replica:
         label = work.label.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
-        with self.autocast(), monitored or _UNMONITORED:  # the monitor's hooks record the outputs
-            logits = self.model(data)
-        loss = self.loss_fn(logits.float(), label)
-        if work.weight is not None:
-            loss = loss * work.weight.to(self.device, non_blocking=True)
-        loss.sum().backward()
+        stage = "the model"  # whose code raised, for the error
+        try:
+            with self.autocast(), monitored or _UNMONITORED:  # the monitor's hooks record the outputs
+                logits = self.model(data)
+            stage = "the loss"
+            loss = self.loss_fn(logits.float(), label)
+            if work.weight is not None:
+                loss = loss * work.weight.to(self.device, non_blocking=True)
+            loss_sum = loss.sum()
+            stage = "the model's backward"
+            loss_sum.backward()
+        except FlowError:  # flow's own error, met inside the user's code: already one line
+            raise
+        except (Exception, SystemExit) as error:  # SystemExit too: the model's exit() ends the run, not the process
+            raise user_code_error(error, stage, f"training Epoch[{work.epoch}] Batch[{work.batch}]") from error
+        # One number to the host a step (a GPU synchronizes here, as the metric statistics do anyway).
+        finite = math.isfinite(loss_sum.item())
+        if not finite and not self.settings.skip_nonfinite:
+            raise NonFiniteLossError(f"the loss is {loss_sum.item()} in training Epoch[{work.epoch}] Batch[{work.batch}]; "
+                                     f"stopped before its update (train.skip_nonfinite = true skips such updates)")
         if monitored is not None:
             monitored.record_gradients()
         statistics = self.statistics(work.label, logits.detach(), work.samples)
         if self.updater is not None:
-            self.updater.step(work.scale, work.lr)
-            return TrainResult(self.settings.replica, statistics, None, None if monitored is None else monitored.toc())
+            if finite:
+                self.updater.step(work.scale, work.lr)
+            monitor = None if monitored is None else monitored.toc()  # after the update: the new weights
+            return TrainResult(self.settings.replica, statistics, None, not finite, monitor)
         gradients = [None if not p.requires_grad else p.grad if p.grad is not None else torch.zeros_like(p)
                      for p in self.parameters]
-        return TrainResult(self.settings.replica, statistics, gradients, None if monitored is None else monitored.toc())
+        monitor = None if monitored is None else monitored.toc()
+        return TrainResult(self.settings.replica, statistics, gradients, not finite, monitor)
 
     @torch.no_grad()
     def eval_step(self, work: EvalSlice) -> EvalResult:
         self.load(work.weights)
         self.model.eval()
-        with self.autocast():
-            logits = self.model(self.inputs(work.data))
+        data = self.inputs(work.data)
+        try:
+            with self.autocast():
+                logits = self.model(data)
+        except FlowError:
+            raise
+        except (Exception, SystemExit) as error:
+            raise user_code_error(error, "the model", f"validation Epoch[{work.epoch}] Batch[{work.batch}]") from error
         return EvalResult(self.settings.replica, self.statistics(work.label, logits, work.samples))
 
     @torch.no_grad()

@@ -15,15 +15,29 @@ import trio
 from flow.actors.loader import Batch, EpochEnd
 from flow import channels as hand_off
 from flow.errors import FlowError
+from flow.user_code import user_code_error
 
 
 async def feed(source: AsyncIterable | Callable[[int], AsyncIterable], send_channel: trio.MemorySendChannel,
                begin_epoch: int = 0, num_epochs: int = 1) -> None:
     with send_channel:  # sync close: an async one could let Cancelled hide our error
         for epoch in range(begin_epoch, begin_epoch + num_epochs):
-            batches = source(epoch) if callable(source) else source
             index = samples = 0
-            async for item in batches:
+            try:
+                batches = aiter(source(epoch) if callable(source) else source)
+            except FlowError:  # flow's own error, met inside the user's code: already one line
+                raise
+            except (Exception, SystemExit) as error:
+                raise user_code_error(error, "the custom data source", f"Epoch[{epoch}]") from error
+            while True:
+                try:
+                    item = await anext(batches)
+                except StopAsyncIteration:
+                    break
+                except FlowError:
+                    raise
+                except (Exception, SystemExit) as error:
+                    raise user_code_error(error, "the custom data source", f"Epoch[{epoch}] Batch[{index}]") from error
                 batch = item if isinstance(item, Batch) else _as_batch(epoch, index, item)
                 await hand_off.send(send_channel, batch)
                 index += 1

@@ -67,7 +67,7 @@ def updater_settings(train: TrainConfig) -> UpdaterSettings:
 def compute_settings(config: Config, replica: int) -> ComputeSettings:
     train, data = config.train, config.data
     return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std,
-                           train.metrics, train.top_k, train.monitor, train.monitor_pattern)
+                           train.metrics, train.top_k, train.monitor, train.monitor_pattern, train.skip_nonfinite)
 
 
 def server_settings(train: TrainConfig) -> ServerSettings:

@@ -169,6 +169,8 @@ class TrainConfig:
     monitor: int = knob(0, "a non-negative integer (0: off)", _non_negative)  # MXNet's Monitor every N batches
     monitor_pattern: str = knob(".*", "a regular expression", _is_regex)  # the names it watches (re.match)
     seed: int = knob(0, "a non-negative integer", _non_negative)
+    skip_nonfinite: bool = knob(False)  # a NaN/inf loss skips that update (counted) instead of ending the run
+    dist_timeout: float = knob(300.0, "a positive number of seconds", _positive)  # dist_*: wait for a peer this long
 
     @staticmethod
     def fit_py_forms(values: dict, source) -> dict:

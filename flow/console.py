@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
                          LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, Validation,
-                         MonitorStatistics)
+                         MonitorStatistics, NonFiniteUpdatesSkipped)
 from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
 from flow.monitor import monitor_line
@@ -84,6 +84,9 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
             elif isinstance(event, MonitorStatistics):
                 for name, value in event.statistics:
                     _write(bar, monitor_line(event.batch, name, value))
+            elif isinstance(event, NonFiniteUpdatesSkipped):
+                log.warning("Epoch[%d] skipped %d of its %d updates: their loss was NaN or inf (train.skip_nonfinite)",
+                            event.epoch, event.skipped, event.batches)
     finally:
         if bar is not None:
             bar.close()

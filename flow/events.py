@@ -104,6 +104,15 @@ class CheckpointSaved:
 
 
 @dataclass(frozen=True)
+class NonFiniteUpdatesSkipped:
+    """At a training epoch's end, with train.skip_nonfinite: updates it skipped, their loss NaN or inf."""
+
+    epoch: int
+    skipped: int
+    batches: int  # the epoch's, skipped ones included
+
+
+@dataclass(frozen=True)
 class RunFinished:
     epochs: int  # epochs run (not counting those a resume skipped)
     updates: int  # optimizer updates in all, including those before a resume
@@ -128,7 +137,7 @@ class MonitorStatistics:
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
                                              CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
                                              BatchEnd, EpochEnd, Validation, CheckpointSaved,
-                                             RunFinished, RunFailed, MonitorStatistics)}
+                                             RunFinished, RunFailed, MonitorStatistics, NonFiniteUpdatesSkipped)}
 
 
 def event_to_dict(event) -> dict:

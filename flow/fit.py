@@ -22,7 +22,7 @@ from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update
 from flow import channels as hand_off
 from flow.errors import FlowError
-from flow.events import LearningRateChanged, RunFinished, RunStarted
+from flow.events import LearningRateChanged, NonFiniteUpdatesSkipped, RunFinished, RunStarted
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,7 @@ class _Loop:
         self.num_update = settings.begin_update
         self.depth = settings.steps_in_flight
         self.in_flight: deque[_Step] = deque()
+        self.skipped_updates = 0  # in this epoch: a NaN or inf loss, with train.skip_nonfinite
 
     async def send_step(self, epoch: int, index: int, batch, *, training: bool) -> int:
         """Hands each device its slice of `batch`; returns the batch's real samples."""
@@ -141,9 +142,10 @@ class _Loop:
                 slice_samples = max(0, min(stop, real) - start)
                 if training:
                     message = TrainSlice(epoch, data, label, slice_samples,
-                                         None if weight is None else weight[start:stop], 1.0 / real, lr, weights)
+                                         None if weight is None else weight[start:stop], 1.0 / real, lr, weights,
+                                         index)
                 else:
-                    message = EvalSlice(data, label, slice_samples, weights)
+                    message = EvalSlice(data, label, slice_samples, weights, epoch, index)
                 await hand_off.send(self.channels.work[replica], message)
                 slices += 1
         self.in_flight.append(_Step(epoch, index, real, slices, num_update, lr))
@@ -156,11 +158,14 @@ class _Loop:
                          key=lambda result: result.replica)
         if step.num_update is not None and results[0].monitor is not None:  # before the batch's Speedometer line, as MXNet
             await self.channels.events.send(results[0].monitor)
+        skipped = step.num_update is not None and any(r.nonfinite_loss for r in results)
         if step.num_update is not None and self.channels.server_requests is not None:
             await self.channels.server_requests.send(
-                Update(step.num_update, step.lr, [r.gradients for r in results], step.samples))
+                Update(step.num_update, step.lr, [r.gradients for r in results], step.samples, skipped))
             updated = await self.channels.server_replies.receive()
             self.unloaded_weights = [updated.weights] * self.num_devices
+            skipped = updated.skipped  # another process's loss, too
+        self.skipped_updates += skipped
         split = "val" if step.num_update is None else "train"
         await hand_off.send(self.channels.outputs, StepStatistics(
             split, step.epoch, step.index, tuple(r.statistics for r in results if r.statistics is not None),
@@ -179,6 +184,9 @@ class _Loop:
             index += 1
         while self.in_flight:
             await self.finish_step()
+        if training and self.skipped_updates:
+            await self.channels.events.send(NonFiniteUpdatesSkipped(epoch, self.skipped_updates, index))
+            self.skipped_updates = 0
         split = "train" if training else "val"
         seconds = time.perf_counter() - start if training else 0.0
         await self.channels.outputs.send(SplitEnd(split, epoch, index, samples, seconds))

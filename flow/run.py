@@ -177,7 +177,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     if begin_epoch == train.num_epochs:  # e.g. --resume after the run finished
         raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is train.num_epochs: nothing left to train; "
                           f"raise train.num_epochs to train more")
-    cluster = join(train.kv_store, train.devices)
+    _check_devices(train.devices)
+    cluster = join(train.kv_store, train.devices, train.dist_timeout)
     train_loader = val_loader = None
     if train_data is None:
         if not data.data_train and not data.benchmark:
@@ -265,6 +266,23 @@ def _check_optimizer_fits(config: Config, model: torch.nn.Module, updater_state:
     if updater_state is not None:
         optim.check_resumable(updater_state, train.optimizer,
                               checkpoints.states_path(config.checkpoint.model_prefix, begin_epoch))
+
+
+def _check_devices(devices: tuple[str, ...]) -> None:
+    """Each of train.devices is one this torch and machine have: a device torch cannot place a model on
+    would fail at the replica's start, in torch's words."""
+    for name in devices:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"train.devices: {name!r} is not a device (expected 'cpu' or 'cuda:N')") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"train.devices: {name!r}, but this machine has no CUDA GPU this torch "
+                                  f"({torch.__version__}) can use; use \"cpu\"")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ConfigError(f"train.devices: {name!r}, but this machine has {torch.cuda.device_count()} "
+                                  f"CUDA GPU(s), numbered from 0")
 
 
 def _check_label_width(settings: loader_actor.LoaderSettings, table: RecordTable) -> None:

@@ -122,10 +122,11 @@ def run(args: argparse.Namespace) -> int:
     from flow.cli import interrupts_deferred
 
     with interrupts_deferred():  # torch imports here: Ctrl-C must not land inside its C++ initialization
+        import torch
         import trio
 
         from flow.config import load_config
-        from flow.errors import FlowError
+        from flow.errors import AllocationError, FlowError
         import flow.console  # noqa: F401 (train_with_console's imports: here, so that Ctrl-C waits for them too)
         import flow.run  # noqa: F401
 
@@ -145,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
         # synchronous code (an actor's cleanup, say, which must end its worker threads before the
         # run can wait for them), and the cancellation that follows runs every cleanup whole.
         trio.run(train_with_console, config, restrict_keyboard_interrupt_to_checkpoints=True)
+    except (MemoryError, torch.cuda.OutOfMemoryError) as error:  # in flow's own code (the user's: a UserCodeError)
+        detail = str(error).strip().splitlines()
+        raise AllocationError(f"out of memory: {type(error).__name__}{': ' + detail[0] if detail else ''}") from error
     finally:
         from flow.distributed import leave
         leave()
