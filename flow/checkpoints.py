@@ -3,6 +3,7 @@
     {prefix}-{epoch:04d}.params   the model's state_dict
     {prefix}-{epoch:04d}.states   optimizer state, update count, epoch, seed
     {prefix}-model.json           what is needed to rebuild the model (flow.models.model_spec)
+    {prefix}-best.params/.states  the epoch with the best validation metric (checkpoint.best_metric)
 
 Each file goes to a temporary name, is fsynced, then renamed; `.params` is written last, so an
 epoch whose `.params` exists is complete.
@@ -30,6 +31,14 @@ def states_path(prefix: str, epoch: int) -> Path:
     return Path(f"{prefix}-{epoch:04d}.states")
 
 
+def best_params_path(prefix: str) -> Path:
+    return Path(f"{prefix}-best.params")
+
+
+def best_states_path(prefix: str) -> Path:
+    return Path(f"{prefix}-best.states")
+
+
 def model_json_path(prefix: str) -> Path:
     return Path(f"{prefix}-model.json")
 
@@ -45,6 +54,14 @@ def save_checkpoint(prefix: str, epoch: int, model_state: dict, states: dict, mo
         write_atomically(model_json_path(prefix), json.dumps(model_spec, indent=1).encode())
     write_atomically(states_path(prefix, epoch), _torch_bytes(states))
     write_atomically(params_path(prefix, epoch), _torch_bytes(model_state))
+
+
+def save_best_checkpoint(prefix: str, model_state: dict, states: dict, model_spec: dict | None) -> None:
+    """The best checkpoint, as save_checkpoint writes an epoch's (`states["epoch"]` says which epoch it is)."""
+    if model_spec is not None:
+        write_atomically(model_json_path(prefix), json.dumps(model_spec, indent=1).encode())
+    write_atomically(best_states_path(prefix), _torch_bytes(states))
+    write_atomically(best_params_path(prefix), _torch_bytes(model_state))
 
 
 def saved_epochs(prefix: str) -> list[int]:

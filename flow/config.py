@@ -137,6 +137,10 @@ class TrainConfig:
     top_k: int = knob(0, "a non-negative integer", _non_negative)
     disp_batches: int = knob(20, "a positive integer", _positive)
     seed: int = knob(0, "a non-negative integer", _non_negative)
+    # Stop once the validation metric (checkpoint.best_metric, or the first metric) has not improved by
+    # more than early_stop_min_delta for this many epochs (0: never stop early).
+    early_stop_patience: int = knob(0, "a non-negative integer (0: no early stopping)", _non_negative)
+    early_stop_min_delta: float = knob(0.0, "a non-negative float", _non_negative)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,15 @@ class CheckpointConfig:
     period: int = knob(1, "a positive integer", _positive)
     keep: int = knob(0, "a non-negative integer (0: keep all)", _non_negative)
     load_epoch: int = knob(0, "a non-negative integer (0: start fresh)", _non_negative)
+    best_metric: str = knob("")  # a validation metric: {model_prefix}-best holds its best epoch (empty: none)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where the loggers (subscribers of the run's events) write; empty: that logger is off."""
+
+    tensorboard_dir: str = knob("", path=True)  # TensorBoard scalars (pip install 'flow-fit[tensorboard]')
+    csv_file: str = knob("", path=True)  # one row per epoch
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)
@@ -210,6 +224,7 @@ def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path
             f"data.part_index: expected an integer below data.num_parts ({config.data.num_parts}), "
             f"got {config.data.part_index}", source)
     _check_metrics(config.train, source)
+    _check_best_metric(config, source)
     _check_batch_memory(config.data, source)
     return config
 
@@ -235,6 +250,19 @@ def _check_metrics(train: TrainConfig, source) -> None:
     if problem:
         argument, why = problem
         raise ConfigError(f"train.{argument}: {why}", source)
+
+
+def _check_best_metric(config: Config, source) -> None:
+    """checkpoint.best_metric must be one of the metrics validation reports (flow.metric_watch knows
+    which way each one improves)."""
+    if not config.checkpoint.best_metric:
+        return
+    from flow.metric_watch import watched_metric  # here: flow.metrics imports torch
+
+    try:
+        watched_metric(config.train.metrics, config.train.top_k, config.checkpoint.best_metric)
+    except ConfigError as error:
+        raise ConfigError(f"checkpoint.best_metric: {error.message}", source) from None
 
 
 def sections_with_key(key: str) -> list[str]:

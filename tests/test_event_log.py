@@ -55,13 +55,14 @@ def test_garbage_names_the_offset(tmp_path):
 
 def test_flow_events_prints_json_lines(tmp_path, capsys):
     path = tmp_path / "run-events.msgpack"
-    write_log(path, [EpochEnd(3, [("accuracy", 0.75)], 1.5, 64, 1)])
+    write_log(path, [EpochEnd(3, [("accuracy", 0.75)], 1.5, 64, 1, 0.125)])
     assert main(["events", str(path), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record == {"event": "EpochEnd", "epoch": 3, "metrics": [["accuracy", 0.75]], "seconds": 1.5,
-                      "samples": 64, "batches": 1}
+                      "samples": 64, "batches": 1, "lr": 0.125}
     assert main(["events", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == "EpochEnd epoch=3 metrics=accuracy:0.75 seconds=1.5 samples=64 batches=1"
+    assert capsys.readouterr().out.strip() == (
+        "EpochEnd epoch=3 metrics=accuracy:0.75 seconds=1.5 samples=64 batches=1 lr=0.125")
 
 
 def test_log_of_a_run_killed_mid_epoch_reads_back_every_event_before_the_kill(tmp_path):
