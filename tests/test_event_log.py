@@ -115,7 +115,7 @@ def test_flow_events_reads_past_nothing_but_reports_a_torn_last_event(tmp_path, 
     path.write_bytes(whole[:-5])
     assert main(["events", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines() == ["EpochEnd epoch=0 metrics=accuracy:0.5 seconds=1 samples=64 batches=1"]
+    assert out.splitlines() == ["EpochEnd epoch=0 metrics=accuracy:0.5 seconds=1 samples=64 batches=1 lr=0"]
     assert err == (f"flow events: warning: {path}: at byte {torn_at}: a torn last event "
                    f"({len(whole) - 5 - torn_at} bytes: a crash in the middle of a write)\n")
     torn = []
