@@ -12,6 +12,10 @@ epoch scalars are written.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
+import socket
+import time
 from typing import AsyncIterable
 
 import trio
@@ -39,32 +43,55 @@ def scalars(event, batches_per_epoch: int) -> list[tuple[str, float, int]]:
 async def log_tensorboard(events: AsyncIterable, log_dir: str) -> None:
     """Writes each event's scalars to an event file in `log_dir` until the stream ends; a write that
     fails (a full disk) is a FlowError naming the folder."""
-    writer = await trio.to_thread.run_sync(_open_writer, log_dir)
+    event_file = await trio.to_thread.run_sync(_call, EventFile, log_dir, log_dir)
     try:
         batches_per_epoch = 0
         async for event in events:
             if isinstance(event, RunStarted):
                 batches_per_epoch = event.batches_per_epoch
-            figures = scalars(event, batches_per_epoch)
-            for tag, value, step in figures:
-                _call(writer.add_scalar, log_dir, tag, value, step)
-            if figures and not isinstance(event, BatchEnd):
-                await trio.to_thread.run_sync(_call, writer.flush, log_dir)
+            if figures := scalars(event, batches_per_epoch):
+                await trio.to_thread.run_sync(_call, event_file.write, log_dir, figures, not isinstance(event, BatchEnd))
     except BaseException:
         with contextlib.suppress(OSError):  # the error that ends the run is the one already raised
-            writer.close()
+            event_file.file.close()
         raise
-    await trio.to_thread.run_sync(_call, writer.close, log_dir)
+    await trio.to_thread.run_sync(_call, event_file.file.close, log_dir)
 
 
-def _open_writer(log_dir: str):
-    from torch.utils.tensorboard import SummaryWriter  # the optional extra; the config checked it is there
+class EventFile:
+    """A TensorBoard event file (TFRecords of Event protos), written with tensorboard's own RecordWriter on
+    the calling thread: torch's SummaryWriter writes on a thread of its own, which reports a failed write
+    only at the next call, and as a stray traceback on stderr."""
 
-    return _call(SummaryWriter, log_dir, log_dir)
+    def __init__(self, log_dir: str):
+        from tensorboard.compat.proto import event_pb2, summary_pb2  # the optional extra; the config checked it
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self.event_pb2, self.summary_pb2 = event_pb2, summary_pb2
+        os.makedirs(log_dir, exist_ok=True)
+        # TensorBoard finds files by this name; pid and a count tell apart runs started in the same second
+        name = "events.out.tfevents.%010d.%s.%d.%d" % (time.time(), socket.gethostname(), os.getpid(),
+                                                        next(_FILE_COUNT))
+        self.file = open(os.path.join(log_dir, name), "wb")
+        self.records = RecordWriter(self.file)
+        self.records.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2").SerializeToString())
+
+    def write(self, figures: list[tuple[str, float, int]], flush: bool) -> None:
+        """Appends one event per scalar; `flush`: to the OS now."""
+        Value = self.summary_pb2.Summary.Value
+        for tag, value, step in figures:
+            summary = self.summary_pb2.Summary(value=[Value(tag=tag, simple_value=value)])
+            self.records.write(self.event_pb2.Event(wall_time=time.time(), step=step, summary=summary)
+                               .SerializeToString())
+        if flush:
+            self.file.flush()
+
+
+_FILE_COUNT = itertools.count()
 
 
 def _call(function, log_dir: str, *args):
-    """`function(*args)`, an OSError (its writer thread's, raised at the next call) as a FlowError."""
+    """`function(*args)`, an OSError as a FlowError naming the folder."""
     try:
         return function(*args)
     except OSError as error:
