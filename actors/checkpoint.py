@@ -3,6 +3,10 @@ A Save marked `best` goes to the best checkpoint instead (`keep` never removes i
 
 Writing happens in a worker thread, so training goes on while the files are written; the
 channel into this actor is bounded, so a slow disk holds training back rather than memory.
+At its start it removes what a killed run left of the prefix's checkpoints (temporary files,
+unfinished epochs). A model with NaN or inf weights is not written: it would be useless to
+resume from, and it must not push a good checkpoint out of `keep`; the run ends with an error
+naming the epoch, its older checkpoints as they were.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 import trio
 
 from flow import checkpoints
+from flow.errors import FlowError
 from flow.events import BestCheckpointSaved, CheckpointSaved
 
 
@@ -34,6 +39,7 @@ async def checkpoint(settings: CheckpointSettings, save_channel: trio.MemoryRece
                      event_channel: trio.MemorySendChannel) -> None:
     prefix = settings.model_prefix
     with save_channel, event_channel:  # sync close: an async one could let Cancelled hide our error
+        await trio.to_thread.run_sync(checkpoints.remove_leftovers, prefix)
         async for save in save_channel:
             if save.best is not None:
                 await trio.to_thread.run_sync(checkpoints.save_best_checkpoint, prefix, save.model_state, save.states,
@@ -42,10 +48,16 @@ async def checkpoint(settings: CheckpointSettings, save_channel: trio.MemoryRece
                                                              str(checkpoints.best_params_path(prefix)),
                                                              str(checkpoints.best_states_path(prefix))))
                 continue
-            await trio.to_thread.run_sync(checkpoints.save_checkpoint, prefix, save.epoch, save.model_state,
-                                          save.states, save.model_spec)
-            if settings.keep:
-                for old_epoch in checkpoints.saved_epochs(prefix)[: -settings.keep]:
-                    checkpoints.remove_checkpoint(prefix, old_epoch)
+            await trio.to_thread.run_sync(_write, settings, save)
             await event_channel.send(CheckpointSaved(save.epoch, str(checkpoints.params_path(prefix, save.epoch)),
                                                      str(checkpoints.states_path(prefix, save.epoch))))
+
+
+def _write(settings: CheckpointSettings, save: Save) -> None:
+    prefix = settings.model_prefix
+    if (name := checkpoints.non_finite_tensor(save.model_state)) is not None:
+        raise FlowError(f"not written: the model after Epoch[{save.epoch - 1}] has NaN or inf weights (in {name!r}); "
+                        f"the checkpoints before it are kept as they were", checkpoints.params_path(prefix, save.epoch))
+    checkpoints.save_checkpoint(prefix, save.epoch, save.model_state, save.states, save.model_spec)
+    if settings.keep:
+        checkpoints.prune(prefix, save.epoch, settings.keep)

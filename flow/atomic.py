@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -22,17 +23,28 @@ def replace_durably(tmp_path: Path, path: Path) -> None:
         os.close(folder)
 
 
+def make_parent_folder(path: Path) -> None:
+    """Makes the folder `path` goes in (and those above it); failing, a FlowError that says why."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise FlowError(f"cannot write: {path.parent} or a folder above it is a regular file", path) from None
+    except OSError as error:
+        raise FlowError(f"cannot make its folder: {error.strerror}", path) from None
+
+
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     """`path` holds `data` afterwards, or (after a crash or an error) whatever it held before."""
     path = Path(path)
     tmp_path = temporary_path(path)
+    make_parent_folder(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp_path, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
         replace_durably(tmp_path, path)
     except OSError as error:
-        tmp_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only file system even removing a missing file fails
+            tmp_path.unlink(missing_ok=True)
         raise FlowError(f"cannot write: {error.strerror}", path) from None

@@ -1,8 +1,15 @@
 """Image augmentation as MXNet's ImageRecordIter does it (image_aug_default.cc + the normalize step).
 
-Per image, in MXNet's order: resize the shorter side, a random affine warp (rotation, shear,
-scale, aspect ratio), pad, crop to the output size (random or centred), then on the cropped
-batch slice: HSL jitter, mirror, and the mean/std normalization to float32 NCHW.
+Per image, in MXNet's order (1.9's image_aug_default.cc): resize the shorter side, a random affine
+warp (rotation, shear, scale, aspect ratio, clamped to min/max_img_size), pad, then one crop:
+`random_resized_crop` (up to 10 tries of a random area and aspect, resized to the output size; if
+none fits, MXNet's fallback, the centred crop below), a square crop of random size in
+[min_crop_size, max_crop_size] resized to the output size, or a window of the output size (random or
+centred). Then on the cropped batch slice: brightness, contrast and saturation in a random order,
+HSL jitter, PCA lighting noise, mirror, and the mean/std normalization to float32 NCHW.
+
+Resizing and cropping go through flow/_resample.c: Pillow's resampling arithmetic, computing only
+the pixels the crop keeps (`inter_method` picks the filter, as MXNet's numbers do).
 
 Randomness is drawn up front for a whole batch (`draw`) from a numpy Generator, so the result
 depends only on the generator's seed, never on how a batch is split between threads. The
@@ -12,6 +19,7 @@ numpy ufuncs, mirror and normalization with C loops (flow/_pixels.c), all withou
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,10 +28,21 @@ from PIL import Image
 from flow.errors import ImageError
 
 try:
-    from flow import _pixels
+    from flow import _pixels, _resample
 except ImportError as error:  # a source tree that pip never built
-    raise ImportError("flow's C extension flow._pixels is not built: run `pip install -e .` in the "
-                      "repository (it needs a C compiler)") from error
+    raise ImportError("flow's C extensions flow._pixels and flow._resample are not built: run `pip install -e .` "
+                      "in the repository (it needs a C compiler)") from error
+
+# MXNet's inter_method numbers; 9 and 10 choose one of 0-4 per resize.
+NEAREST, BILINEAR, BICUBIC, AREA, LANCZOS, AUTO, RANDOM = 0, 1, 2, 3, 4, 9, 10
+INTER_METHODS = (NEAREST, BILINEAR, BICUBIC, AREA, LANCZOS, AUTO, RANDOM)
+_WARP_FILTERS = {NEAREST: Image.Resampling.NEAREST, BICUBIC: Image.Resampling.BICUBIC}  # others: bilinear
+RRC_TRIES = 10  # random_resized_crop's attempts before the centred-crop fallback
+
+# MXNet's PCA lighting: eigenvalue x eigenvector of ImageNet's RGB covariance (rows R, G, B), float32.
+PCA_EIGVEC = np.array([[55.46 * -0.5675, 4.794 * 0.7192, 1.148 * 0.4009],
+                       [55.46 * -0.5808, 4.794 * -0.0045, 1.148 * -0.8140],
+                       [55.46 * -0.5836, 4.794 * -0.6948, 1.148 * 0.4203]], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -43,24 +62,61 @@ class AugmentSettings:
     max_random_scale: float = 1.0
     pad: int = 0  # [pad_size] border added before cropping
     fill_value: int = 127  # colour of pad borders and of the corners a warp uncovers
+    min_aspect_ratio: float = 0.0  # [min_random_aspect_ratio] 0: unset (data.py's None), aspect 1 +- max_aspect_ratio
+    random_resized_crop: bool = False
+    min_random_area: float = 1.0  # random_resized_crop's area, a fraction of the image's
+    max_random_area: float = 1.0
+    min_crop_size: int = 0  # a square crop of random side in [min, max], resized to the output; 0: off (MXNet's -1)
+    max_crop_size: int = 0
+    max_img_size: float = 0.0  # clamp the warped image's width and height; 0: no limit (MXNet's 1e10)
+    min_img_size: float = 0.0
+    brightness: float = 0.0  # colour jitter: factors 1 +- these, in a random order
+    contrast: float = 0.0
+    saturation: float = 0.0
+    pca_noise: float = 0.0  # standard deviation of AlexNet-style PCA lighting noise
+    inter_method: int = BILINEAR  # MXNet's numbers: 0 nearest, 1 bilinear, 2 cubic, 3 area, 4 lanczos, 9 auto, 10 random
+
+    @property
+    def aspect_range(self) -> tuple[float, float]:
+        if self.min_aspect_ratio:
+            return self.min_aspect_ratio, self.max_aspect_ratio
+        return 1 - self.max_aspect_ratio, 1 + self.max_aspect_ratio
 
     @property
     def affine(self) -> bool:
-        return bool(self.max_rotate_angle or self.max_shear_ratio or self.max_aspect_ratio
-                    or self.min_random_scale != 1.0 or self.max_random_scale != 1.0)
+        low, high = self.aspect_range
+        return bool(self.max_rotate_angle or self.max_shear_ratio
+                    or (not self.random_resized_crop and (low != 1.0 or high != 1.0))
+                    or self.min_random_scale != 1.0 or self.max_random_scale != 1.0
+                    or self.max_img_size or self.min_img_size)
+
+    @property
+    def rrc(self) -> bool:
+        """random_resized_crop with something to draw (MXNet skips it when area and aspect are both 1)."""
+        return self.random_resized_crop and (self.min_random_area != 1.0 or self.max_random_area != 1.0
+                                             or self.aspect_range != (1.0, 1.0))
+
+    @property
+    def crop_size(self) -> bool:
+        return not self.random_resized_crop and bool(self.min_crop_size or self.max_crop_size)
 
     @property
     def reshapes(self) -> bool:
         """Whether an image goes through more than a crop on its way to the output size."""
-        return bool(self.resize or self.pad or self.affine)
+        return bool(self.resize or self.pad or self.affine or self.random_resized_crop or self.crop_size)
 
     @property
     def colour(self) -> bool:
         return bool(self.max_random_h or self.max_random_s or self.max_random_l)
 
     @property
+    def jitter(self) -> bool:
+        return bool(self.brightness or self.contrast or self.saturation)
+
+    @property
     def random(self) -> bool:
-        return self.rand_crop or self.rand_mirror or self.colour or self.affine
+        return (self.rand_crop or self.rand_mirror or self.colour or self.affine or self.rrc or self.crop_size
+                or self.jitter or bool(self.pca_noise) or self.inter_method == RANDOM)
 
 
 @dataclass(frozen=True)
@@ -75,6 +131,16 @@ class AugmentParams:
     scale: np.ndarray
     ratio: np.ndarray  # aspect ratio multiplier (width / height)
     hls: np.ndarray  # (n, 3) integer deltas in OpenCV's H, L, S order
+    # Drawn only when their augmenter is on (otherwise neutral values), after the ones above, so
+    # turning one on leaves the others' draws as they were.
+    area: np.ndarray  # (n, RRC_TRIES) random_resized_crop's tries: area fraction,
+    aspect: np.ndarray  # aspect ratio (width / height)
+    swap: np.ndarray  # and MXNet's coin that swaps the window's height and width (bool)
+    crop_size: np.ndarray  # side of the min/max_crop_size square
+    alphas: np.ndarray  # (n, 3) float32 brightness, contrast, saturation factors
+    order: np.ndarray  # (n, 3) the order they apply in (0 brightness, 1 contrast, 2 saturation)
+    pca: np.ndarray  # (n, 3) float32 R, G, B lighting offsets
+    methods: np.ndarray  # (n, 3) inter_method 10's picks for the resize, the warp and the crop
 
     def __len__(self) -> int:
         return len(self.mirror)
@@ -86,6 +152,36 @@ class AugmentParams:
 def draw(settings: AugmentSettings, rng: np.random.Generator, count: int) -> AugmentParams:
     """Draws everything `count` images need; always the same draws, so a seed fixes the result."""
     uniform = rng.random((7, count))
+    low, high = settings.aspect_range
+    if settings.min_aspect_ratio:
+        ratio = uniform[6] * (high - low) + low
+    else:  # MXNet's formula for 1 +- max_aspect_ratio, kept so that existing draws stay bit for bit
+        ratio = uniform[6] * settings.max_aspect_ratio * 2 - settings.max_aspect_ratio + 1
+    # MXNet truncates the uniform HSL delta towards zero (a C int conversion).
+    hls = np.trunc(rng.random((count, 3)) * 2 * _hls_limits(settings) - _hls_limits(settings)).astype(np.int64)
+    area = np.ones((count, RRC_TRIES))
+    aspect = np.ones((count, RRC_TRIES))
+    swap = np.zeros((count, RRC_TRIES), dtype=bool)
+    if settings.rrc:
+        tries = rng.random((3, count, RRC_TRIES))
+        area = tries[0] * (settings.max_random_area - settings.min_random_area) + settings.min_random_area
+        aspect = tries[1] * (high - low) + low
+        swap = tries[2] > 0.5
+    crop_size = np.zeros(count, dtype=np.int64)
+    if settings.crop_size:
+        sizes = settings.max_crop_size - settings.min_crop_size + 1
+        crop_size = settings.min_crop_size + np.floor(rng.random(count) * sizes).astype(np.int64)
+    alphas, order = np.ones((count, 3), dtype=np.float32), np.tile(np.arange(3), (count, 1))
+    if settings.jitter:
+        limits = np.array([settings.brightness, settings.contrast, settings.saturation])
+        alphas = (1 + (rng.random((count, 3)) * 2 - 1) * limits).astype(np.float32)
+        order = rng.random((count, 3)).argsort(axis=1)
+    pca = np.zeros((count, 3), dtype=np.float32)
+    if settings.pca_noise:
+        pca = (rng.normal(0, settings.pca_noise, (count, 3)).astype(np.float32) @ PCA_EIGVEC.T).astype(np.float32)
+    methods = np.full((count, 3), settings.inter_method, dtype=np.int64)
+    if settings.inter_method == RANDOM:
+        methods = rng.integers(0, 5, (count, 3))
     return AugmentParams(
         crop_y=uniform[0],
         crop_x=uniform[1],
@@ -93,9 +189,8 @@ def draw(settings: AugmentSettings, rng: np.random.Generator, count: int) -> Aug
         shear=uniform[3] * settings.max_shear_ratio * 2 - settings.max_shear_ratio,
         angle=np.floor(uniform[4] * (2 * settings.max_rotate_angle + 1)).astype(np.int64) - settings.max_rotate_angle,
         scale=uniform[5] * (settings.max_random_scale - settings.min_random_scale) + settings.min_random_scale,
-        ratio=uniform[6] * settings.max_aspect_ratio * 2 - settings.max_aspect_ratio + 1,
-        # MXNet truncates the uniform delta towards zero (a C int conversion).
-        hls=np.trunc(rng.random((count, 3)) * 2 * _hls_limits(settings) - _hls_limits(settings)).astype(np.int64),
+        ratio=ratio, hls=hls, area=area, aspect=aspect, swap=swap, crop_size=crop_size, alphas=alphas, order=order,
+        pca=pca, methods=methods,
     )
 
 
@@ -110,40 +205,179 @@ def place(image: np.ndarray, params: AugmentParams | None, index: int, settings:
           out: np.ndarray) -> None:
     """Resize, warp, pad and crop one RGB image (HxWx3 uint8) into `out` (the output size).
 
-    `params` may be None when the settings draw nothing (`settings.random` is false).
+    `params` may be None when the settings draw nothing (`settings.random` is false). A resize
+    stays lazy (a `Resized` view) until a warp or pad needs its pixels, so that resize + crop
+    computes only the crop's pixels.
     """
+    methods = params.methods[index] if params is not None else (settings.inter_method,) * 3
+    view = Resized.whole(image)
     if settings.resize:
-        image = resize_shorter(image, settings.resize)
+        height, width = shorter_side_shape(image.shape[0], image.shape[1], settings.resize)
+        view = view.resized(height, width, pick_method(methods[0], image.shape[:2], (height, width)))
     if settings.affine:
-        image = warp(image, float(params.shear[index]), int(params.angle[index]), float(params.scale[index]),
-                     float(params.ratio[index]), settings.fill_value)
+        view = Resized.whole(warp(view.pixels(), float(params.shear[index]), int(params.angle[index]),
+                                  float(params.scale[index]), float(params.ratio[index]), settings.fill_value,
+                                  settings.min_img_size, settings.max_img_size, int(methods[1])))
     if settings.pad:
-        image = pad(image, settings.pad, settings.fill_value)
-    if settings.rand_crop:
-        crop_into(image, float(params.crop_y[index]), float(params.crop_x[index]), True, out)
-    else:
-        crop_into(image, 0.0, 0.0, False, out)
+        view = Resized.whole(pad(view.pixels(), settings.pad, settings.fill_value))
+    out_height, out_width = out.shape[:2]
+    window = None
+    if settings.rrc:
+        window = rrc_window(view.height, view.width, params, index)
+    elif settings.crop_size:
+        window = crop_size_window(view.height, view.width, int(params.crop_size[index]), settings.rand_crop,
+                                  float(params.crop_y[index]), float(params.crop_x[index]))
+    if window is not None:
+        top, left, height, width = window
+        view.window_into(top, left, height, width, out,
+                         pick_method(methods[2], (height, width), (out_height, out_width)))
+        return
+    if settings.random_resized_crop:  # MXNet's fallback: upscaled if smaller than the output, centred
+        height, width = upscaled_shape(view.height, view.width, out_height, out_width)
+        if (height, width) != (view.height, view.width):
+            view = Resized.whole(view.pixels()).resized(
+                height, width, pick_method(methods[2], (view.height, view.width), (out_height, out_width)))
+    top, left = crop_origin(view.height, view.width, out_height, out_width, settings.rand_crop,
+                            float(params.crop_y[index]) if settings.rand_crop else 0.0,
+                            float(params.crop_x[index]) if settings.rand_crop else 0.0)
+    view.window_into(top, left, out_height, out_width, out, BILINEAR)
 
 
-def resize_shorter(image: np.ndarray, size: int) -> np.ndarray:
-    """Scales so the shorter side is `size`, the longer one in proportion (rounded down, as MXNet)."""
-    height, width = image.shape[:2]
+class Resized:
+    """The window `crop` = (top, left, height, width) of `image` resized to (height, width) with
+    `method`, not yet computed: a window of it is resampled straight from `image`."""
+
+    def __init__(self, image: np.ndarray, crop: tuple[int, int, int, int], height: int, width: int, method: int):
+        self.image, self.crop, self.height, self.width, self.method = image, crop, height, width, method
+
+    @classmethod
+    def whole(cls, image: np.ndarray) -> Resized:
+        return cls(image, (0, 0, image.shape[0], image.shape[1]), image.shape[0], image.shape[1], BILINEAR)
+
+    @property
+    def identity(self) -> bool:
+        return (self.height, self.width) == self.crop[2:]
+
+    def resized(self, height: int, width: int, method: int) -> Resized:
+        """This view resized (only from a view that is its image as is: MXNet resizes once before a crop)."""
+        return Resized(self.image, self.crop, height, width, method)
+
+    def pixels(self) -> np.ndarray:
+        if self.identity:
+            top, left, height, width = self.crop
+            return self.image[top:top + height, left:left + width]
+        out = np.empty((self.height, self.width, 3), dtype=np.uint8)
+        self.window_into(0, 0, self.height, self.width, out, BILINEAR)
+        return out
+
+    def window_into(self, top: int, left: int, height: int, width: int, out: np.ndarray, method: int) -> None:
+        """The (top, left, height, width) window of this view, resized with `method` to `out`'s size."""
+        out_size = out.shape[:2]
+        image = np.ascontiguousarray(self.image)
+        if self.identity:  # one pass: the window read from the image, resized to out
+            crop_top, crop_left = self.crop[:2]
+            _resample.resample(image, out, (crop_top + top, crop_left + left, height, width), out_size, (0, 0), method)
+        elif (height, width) == out_size:  # one pass: the part of the resized image that the window keeps
+            _resample.resample(image, out, self.crop, (self.height, self.width), (top, left), self.method)
+        else:  # resize, then resize the window: two resamplings, as MXNet does them
+            window = np.empty((height, width, 3), dtype=np.uint8)
+            _resample.resample(image, window, self.crop, (self.height, self.width), (top, left), self.method)
+            _resample.resample(window, out, (0, 0, height, width), out_size, (0, 0), method)
+
+
+def pick_method(method: int, old: tuple[int, int], new: tuple[int, int]) -> int:
+    """MXNet's GetInterMethod for 9 (auto: cubic to enlarge, area to shrink, else bilinear); 10's pick
+    is drawn beforehand, so any number here but 9 is the method itself."""
+    if method != AUTO:
+        return int(method)
+    if new[0] > old[0] and new[1] > old[1]:
+        return BICUBIC
+    if new[0] < old[0] and new[1] < old[1]:
+        return AREA
+    return BILINEAR
+
+
+def shorter_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """The shorter side `size`, the longer one in proportion (rounded down, as MXNet)."""
     if height > width:
-        new_height, new_width = size * height // width, size
-    else:
-        new_height, new_width = size, size * width // height
-    if (new_height, new_width) == (height, width):
+        return size * height // width, size
+    return size, size * width // height
+
+
+def resize_shorter(image: np.ndarray, size: int, method: int = BILINEAR) -> np.ndarray:
+    """Scales so the shorter side is `size`, the longer one in proportion (rounded down, as MXNet)."""
+    height, width = shorter_side_shape(image.shape[0], image.shape[1], size)
+    if (height, width) == image.shape[:2]:
         return image
-    return np.asarray(Image.fromarray(image).resize((new_width, new_height), Image.Resampling.BILINEAR))
+    return Resized.whole(image).resized(height, width, method).pixels()
 
 
-def warp_matrix(shear: float, angle: int, scale: float, ratio: float, height: int,
-                width: int) -> tuple[np.ndarray, int, int]:
-    """MXNet's affine map (source pixel -> output pixel, 2x3) and the output's height and width."""
+def rrc_window(height: int, width: int, params: AugmentParams, index: int) -> tuple[int, int, int, int] | None:
+    """random_resized_crop's window (top, left, height, width), MXNet's way: for each try, a target
+    area (fraction of the image's) and aspect ratio give sides round(sqrt(area / aspect)) and
+    round(sqrt(area * aspect)), swapped on a coin; the first window that fits is placed uniformly.
+    None when no try fits (the caller falls back to the centred crop, as MXNet)."""
+    image_area = height * width
+    for area, aspect, swap in zip(params.area[index].tolist(), params.aspect[index].tolist(),
+                                  params.swap[index].tolist()):
+        target = image_area * area
+        crop_height, crop_width = round_half_away(math.sqrt(target / aspect)), round_half_away(math.sqrt(target * aspect))
+        if swap:
+            crop_height, crop_width = crop_width, crop_height
+        if 0 < crop_height <= height and 0 < crop_width <= width:
+            top = int(params.crop_y[index] * (height - crop_height + 1))
+            left = int(params.crop_x[index] * (width - crop_width + 1))
+            return top, left, crop_height, crop_width
+    return None
+
+
+def round_half_away(value: float) -> int:
+    """C's std::round (halves away from zero), not Python's round (halves to even)."""
+    return int(math.floor(value + 0.5)) if value >= 0 else -int(math.floor(-value + 0.5))
+
+
+def crop_size_window(height: int, width: int, size: int, random: bool, where_y: float,
+                     where_x: float) -> tuple[int, int, int, int]:
+    """The min/max_crop_size square of side `size`: at `where_*` (0-1) of the free range, or centred."""
+    if size > height or size > width:
+        raise ImageError(f"image is {height}x{width}, smaller than the crop of {size}x{size} "
+                         f"(data.max_crop_size)")
+    top, left = crop_origin(height, width, size, size, random, where_y, where_x)
+    return top, left, size, size
+
+
+def upscaled_shape(height: int, width: int, out_height: int, out_width: int) -> tuple[int, int]:
+    """MXNet's centre-crop step for an image smaller than the output: scaled up (float32, truncated) so
+    that it covers the output, first the height, then the width."""
+    if height < out_height:
+        width, height = int(np.float32(out_height) / np.float32(height) * np.float32(width)), out_height
+    if width < out_width:
+        height, width = int(np.float32(out_width) / np.float32(width) * np.float32(height)), out_width
+    return height, width
+
+
+def crop_origin(height: int, width: int, out_height: int, out_width: int, random: bool, where_y: float,
+                where_x: float) -> tuple[int, int]:
+    if height < out_height or width < out_width:
+        raise ImageError(f"image is {height}x{width} after resize/pad, smaller than the output "
+                         f"{out_height}x{out_width}: set data.resize or data.pad_size")
+    if random:
+        return int(where_y * (height - out_height + 1)), int(where_x * (width - out_width + 1))
+    return (height - out_height) // 2, (width - out_width) // 2
+
+
+def warp_matrix(shear: float, angle: int, scale: float, ratio: float, height: int, width: int,
+                min_img_size: float = 0.0, max_img_size: float = 0.0) -> tuple[np.ndarray, int, int]:
+    """MXNet's affine map (source pixel -> output pixel, 2x3) and the output's height and width, each
+    clamped to [min_img_size, max_img_size] (0: no limit): the canvas, not the scale, so a limit crops
+    or pads round the centred image, as MXNet's does."""
     cos, sin = np.cos(np.deg2rad(angle)), np.sin(np.deg2rad(angle))
     height_scale = 2 * scale / (1 + ratio)
     width_scale = ratio * height_scale
-    new_width, new_height = int(scale * width), int(scale * height)
+    new_width, new_height = scale * width, scale * height
+    if max_img_size:
+        new_width, new_height = min(max_img_size, new_width), min(max_img_size, new_height)
+    new_width, new_height = int(max(min_img_size, new_width)), int(max(min_img_size, new_height))
     matrix = np.array([
         [height_scale * cos - shear * sin * width_scale, height_scale * sin + shear * cos * width_scale, 0.0],
         [-sin * width_scale, cos * width_scale, 0.0],
@@ -153,12 +387,14 @@ def warp_matrix(shear: float, angle: int, scale: float, ratio: float, height: in
     return matrix, new_height, new_width
 
 
-def warp(image: np.ndarray, shear: float, angle: int, scale: float, ratio: float, fill_value: int) -> np.ndarray:
-    """The affine warp of ImageRecordIter (bilinear, uncovered corners in `fill_value`)."""
+def warp(image: np.ndarray, shear: float, angle: int, scale: float, ratio: float, fill_value: int,
+         min_img_size: float = 0.0, max_img_size: float = 0.0, method: int = BILINEAR) -> np.ndarray:
+    """The affine warp of ImageRecordIter (uncovered corners in `fill_value`): bilinear, or nearest or
+    bicubic for those inter_methods (Pillow's transform has no area or lanczos: those warp bilinear)."""
     height, width = image.shape[:2]
-    matrix, new_height, new_width = warp_matrix(shear, angle, scale, ratio, height, width)
+    matrix, new_height, new_width = warp_matrix(shear, angle, scale, ratio, height, width, min_img_size, max_img_size)
     if new_height < 1 or new_width < 1:
-        raise ImageError(f"random scale {scale:.3f} shrinks a {height}x{width} image to nothing")
+        raise ImageError(f"random scale {scale:.3f} (or data.max_img_size) shrinks a {height}x{width} image to nothing")
     inverse = np.linalg.inv(matrix[:, :2])
     shift = -inverse @ matrix[:, 2]
     # Pillow samples the source at inverse @ (x + 0.5, y + 0.5) + c with pixel centres at +0.5;
@@ -166,7 +402,8 @@ def warp(image: np.ndarray, shear: float, angle: int, scale: float, ratio: float
     shift = shift + 0.5 - inverse @ np.array([0.5, 0.5])
     coefficients = (inverse[0, 0], inverse[0, 1], shift[0], inverse[1, 0], inverse[1, 1], shift[1])
     warped = Image.fromarray(image).transform((new_width, new_height), Image.Transform.AFFINE, coefficients,
-                                               resample=Image.Resampling.BILINEAR, fillcolor=(fill_value,) * 3)
+                                               resample=_WARP_FILTERS.get(method, Image.Resampling.BILINEAR),
+                                               fillcolor=(fill_value,) * 3)
     return np.asarray(warped)
 
 
@@ -180,16 +417,8 @@ def pad(image: np.ndarray, size: int, fill_value: int) -> np.ndarray:
 
 def crop_into(image: np.ndarray, where_y: float, where_x: float, random: bool, out: np.ndarray) -> None:
     """Copies the out-sized window of `image` into `out`: at `where_*` (0-1) of the free range, or centred."""
-    height, width = image.shape[:2]
     out_height, out_width = out.shape[:2]
-    if height < out_height or width < out_width:
-        raise ImageError(f"image is {height}x{width} after resize/pad, smaller than the output "
-                         f"{out_height}x{out_width}: set data.resize or data.pad_size")
-    if random:
-        top = int(where_y * (height - out_height + 1))
-        left = int(where_x * (width - out_width + 1))
-    else:
-        top, left = (height - out_height) // 2, (width - out_width) // 2
+    top, left = crop_origin(image.shape[0], image.shape[1], out_height, out_width, random, where_y, where_x)
     out[...] = image[top:top + out_height, left:left + out_width]
 
 
@@ -198,16 +427,59 @@ def crop_into(image: np.ndarray, where_y: float, where_x: float, random: bool, o
 
 def finish(images: np.ndarray, params: AugmentParams | None, settings: AugmentSettings,
            out: np.ndarray | None = None, mean: np.ndarray | None = None, inv_std: np.ndarray | None = None) -> None:
-    """HSL jitter and mirror on a slice of output-sized images (n, H, W, 3) uint8, in place; with
-    `out`, the normalization to float32 NCHW `out` too, the mirror done on the way (`params`
-    None when the settings draw nothing)."""
+    """Colour jitter, HSL jitter, PCA noise and mirror on a slice of output-sized images (n, H, W, 3)
+    uint8, in place, in MXNet's order; with `out`, the normalization to float32 NCHW `out` too, the
+    mirror done on the way (`params` None when the settings draw nothing)."""
+    if settings.jitter:
+        for image, alphas, order in zip(images, params.alphas, params.order):
+            jitter_colour(image, alphas, order)
     if settings.colour:
         jitter_hls(images, params.hls)
+    if settings.pca_noise:
+        for image, offsets in zip(images, params.pca):
+            add_lighting(image, offsets)
     flags = params.mirror if settings.rand_mirror else None
     if out is not None:
         normalize(images, out, mean, inv_std, flags)
     elif flags is not None:
         mirror(images, flags)
+
+
+def grey(image: np.ndarray) -> np.ndarray:
+    """OpenCV's fixed-point RGB2GRAY as MXNet calls it: on its BGR pixels, so 0.299 weighs blue and
+    0.114 red (kept: it is what ImageRecordIter's contrast and saturation compute). uint8 (H, W)."""
+    weighted = (image[..., 0].astype(np.int32) * 1868 + image[..., 1].astype(np.int32) * 9617
+                + image[..., 2].astype(np.int32) * 4899 + (1 << 13))
+    return (weighted >> 14).astype(np.uint8)
+
+
+def _saturate(values: np.ndarray) -> np.ndarray:
+    """OpenCV's saturate_cast<uchar> of a float: round half to even, clip to 0-255."""
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def jitter_colour(image: np.ndarray, alphas: np.ndarray, order: np.ndarray) -> None:
+    """MXNet's brightness, contrast and saturation jitter on one HxWx3 uint8 image, in place, in
+    `order` (0 brightness, 1 contrast, 2 saturation), float32 as OpenCV's convertTo/addWeighted:
+    brightness x * a; contrast x * a + (1 - a) * mean(grey); saturation x * a + grey * (1 - a)."""
+    for step in order.tolist():
+        alpha = np.float32(alphas[step])
+        pixels = image.astype(np.float32)
+        if step == 0:
+            image[...] = _saturate(pixels * alpha)
+        elif step == 1:
+            shift = np.float32((1 - float(alpha)) * float(grey(image).mean()))
+            image[...] = _saturate(pixels * alpha + shift)
+        else:
+            grey_pixels = grey(image).astype(np.float32)[..., None]
+            image[...] = _saturate(pixels * alpha + grey_pixels * (np.float32(1) - alpha))
+
+
+def add_lighting(image: np.ndarray, offsets: np.ndarray) -> None:
+    """MXNet's PCA noise on one HxWx3 uint8 image, in place: each channel plus its float32 offset,
+    truncated towards zero (C's int += float), clipped to 0-255."""
+    shifted = np.trunc(image.astype(np.float32) + offsets.astype(np.float32))
+    image[...] = np.clip(shifted, 0, 255).astype(np.uint8)
 
 
 def mirror(images: np.ndarray, flags: np.ndarray) -> None:

@@ -45,9 +45,14 @@ def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
             max_random_h=data.max_random_h, max_random_s=data.max_random_s, max_random_l=data.max_random_l,
             max_aspect_ratio=data.max_random_aspect_ratio, max_rotate_angle=data.max_random_rotate_angle,
             max_shear_ratio=data.max_random_shear_ratio, min_random_scale=data.min_random_scale,
-            max_random_scale=data.max_random_scale, pad=data.pad_size, fill_value=data.pad_value)
+            max_random_scale=data.max_random_scale, pad=data.pad_size, fill_value=data.pad_value,
+            min_aspect_ratio=data.min_random_aspect_ratio, random_resized_crop=data.random_resized_crop,
+            min_random_area=data.min_random_area, max_random_area=data.max_random_area,
+            min_crop_size=data.min_crop_size, max_crop_size=data.max_crop_size, max_img_size=data.max_img_size,
+            min_img_size=data.min_img_size, brightness=data.brightness, contrast=data.contrast,
+            saturation=data.saturation, pca_noise=data.pca_noise, inter_method=data.inter_method)
     else:
-        augmentation = AugmentSettings(resize=data.resize, fill_value=data.pad_value)
+        augmentation = AugmentSettings(resize=data.resize, fill_value=data.pad_value)  # data.py's val iterator
     return LoaderSettings(
         path=path, index_path=data.data_train_idx if train else data.data_val_idx,
         data_shape=tuple(data.image_shape), batch_size=data.batch_size, nthreads=data.data_nthreads,
@@ -61,7 +66,8 @@ def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
 
 def updater_settings(train: TrainConfig) -> UpdaterSettings:
     return UpdaterSettings(optimizer=train.optimizer, lr=train.lr, momentum=train.mom, nesterov=train.nesterov,
-                           weight_decay=train.wd, clip_gradient=train.clip_gradient)
+                           weight_decay=train.wd, clip_gradient=train.clip_gradient, lr_mult=train.lr_mult,
+                           wd_mult=train.wd_mult, centered=train.centered)
 
 
 def compute_settings(config: Config, replica: int) -> ComputeSettings:

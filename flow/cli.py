@@ -36,7 +36,7 @@ SUMMARY = "flow trains image classifiers the way MXNet's fit.py does, on PyTorch
 COMMON_COMMANDS = """\
 common commands:
   flow run train.toml                    train as train.toml says (fit.py's flags work: --lr 0.01)
-  flow run train.toml --resume           go on from the newest checkpoint of checkpoint.model_prefix
+  flow run train.toml --resume           go on from the newest good checkpoint of checkpoint.model_prefix
   flow test-io train.toml                time the data loader alone (fit.py's --test-io)
   flow im2rec --list --recursive data/pets images/
                                          list images/<class>/* into data/pets.lst

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -84,6 +85,21 @@ class DataConfig:
     max_random_shear_ratio: float = knob(0.0, "a non-negative float", _non_negative)
     min_random_scale: float = knob(1.0, "a positive float", _positive)
     max_random_scale: float = knob(1.0, "a positive float", _positive)
+    min_random_aspect_ratio: float = knob(0.0, "a non-negative float (0: unset, aspect 1 +- max_random_aspect_ratio)",
+                                          _non_negative)
+    random_resized_crop: bool = knob(False)
+    min_random_area: float = knob(1.0, "a float in (0, 1]", lambda v: 0 < v <= 1)
+    max_random_area: float = knob(1.0, "a float in (0, 1]", lambda v: 0 < v <= 1)
+    min_crop_size: int = knob(0, "a non-negative integer (0: off)", _non_negative)
+    max_crop_size: int = knob(0, "a non-negative integer (0: off)", _non_negative)
+    max_img_size: float = knob(0.0, "a non-negative float (0: no limit)", _non_negative)
+    min_img_size: float = knob(0.0, "a non-negative float", _non_negative)
+    brightness: float = knob(0.0, "a float in [0, 1]", _fraction)
+    contrast: float = knob(0.0, "a float in [0, 1]", _fraction)
+    saturation: float = knob(0.0, "a float in [0, 1]", _fraction)
+    pca_noise: float = knob(0.0, "a non-negative float", _non_negative)
+    inter_method: int = knob(1, "0-4, 9 or 10 (nearest, bilinear, cubic, area, lanczos, auto, random)",
+                             lambda v: v in (0, 1, 2, 3, 4, 9, 10))
 
     @staticmethod
     def implied(values: dict) -> dict:
@@ -121,15 +137,21 @@ class TrainConfig:
     num_epochs: int = knob(10, "a positive integer", _positive)
     devices: tuple[str, ...] = knob(("cpu",), "a list of devices like 'cpu' or 'cuda:0'", lambda v: len(v) > 0)
     kv_store: str = knob("local", choices=("local", "device", "dist_sync", "dist_device_sync"))
-    optimizer: str = knob("sgd", choices=("sgd", "adam"))
+    optimizer: str = knob("sgd")  # flow.optim.OPTIMIZERS, checked with the keys it goes with
     lr: float = knob(0.1, "a positive float", _positive)
-    lr_schedule: str = knob("multifactor", choices=("multifactor", "cosine"))
+    lr_mult: dict = knob({})  # glob pattern of parameter names -> lr multiplier, e.g. { "fc.*" = 10 }
+    wd_mult: dict = knob({})  # likewise for weight decay, over MXNet's rule (only *weight, *gamma decay)
+    lr_schedule: str = knob("multifactor", choices=("multifactor", "factor", "pow", "cosine"))
     lr_factor: float = knob(0.1, "a float in (0, 1]", lambda v: 0 < v <= 1)
     lr_step_epochs: tuple[int, ...] = knob((), "a list of positive epochs", lambda v: all(e > 0 for e in v))
+    lr_factor_epochs: int = knob(1, "a positive integer", _positive)  # factor: lr times lr_factor every this many
+    lr_pwr: float = knob(2.0, "a positive float", _positive)  # pow: PolyScheduler's power
     warmup_epochs: float = knob(0.0, "a non-negative float", _non_negative)
     warmup_begin_lr: float = knob(0.0, "a non-negative float", _non_negative)
+    warmup_mode: str = knob("linear", choices=("linear", "constant"))
     mom: float = knob(0.9, "a float in [0, 1]", _fraction)
     nesterov: bool = knob(False)
+    centered: bool = knob(False)  # rmsprop: MXNet's centered variant
     wd: float = knob(0.0001, "a non-negative float", _non_negative)
     clip_gradient: float = knob(0.0, "a non-negative float (0: no clipping)", _non_negative)
     precision: str = knob("fp32", choices=("fp32", "bf16"))
@@ -142,6 +164,21 @@ class TrainConfig:
     early_stop_patience: int = knob(0, "a non-negative integer (0: no early stopping)", _non_negative)
     early_stop_min_delta: float = knob(0.0, "a non-negative float", _non_negative)
 
+    @staticmethod
+    def fit_py_forms(values: dict, source) -> dict:
+        """fit.py's `--lr-step-epochs pow2` (PolyScheduler of power 2) as flow's lr_schedule = "pow", lr_pwr = 2."""
+        steps = values.get("lr_step_epochs")
+        if not (isinstance(steps, str) and "pow" in steps):
+            return values
+        try:
+            power = float(re.sub("pow[- ]*", "", steps))  # as fit.py reads it
+        except ValueError:
+            raise ConfigError(f"train.lr_step_epochs: expected epochs or fit.py's 'powN', got {steps!r}", source) from None
+        if values.get("lr_schedule", "pow") != "pow":
+            raise ConfigError(f"train.lr_step_epochs: {steps!r} is the pow schedule, "
+                              f"but train.lr_schedule is {values['lr_schedule']!r}", source)
+        return {**values, "lr_step_epochs": [], "lr_schedule": "pow", "lr_pwr": power}
+
 
 @dataclass(frozen=True)
 class CheckpointConfig:
@@ -151,6 +188,7 @@ class CheckpointConfig:
     period: int = knob(1, "a positive integer", _positive)
     keep: int = knob(0, "a non-negative integer (0: keep all)", _non_negative)
     load_epoch: int = knob(0, "a non-negative integer (0: start fresh)", _non_negative)
+    resume: bool = knob(False)  # go on from the newest checkpoint that verifies (flow run --resume); load_epoch unused
     best_metric: str = knob("")  # a validation metric: {model_prefix}-best holds its best epoch (empty: none)
 
 
@@ -226,7 +264,32 @@ def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path
     _check_metrics(config.train, source)
     _check_best_metric(config, source)
     _check_batch_memory(config.data, source)
+    _check_optimizer(config.train, source)
+    _check_crops(config.data, source)
     return config
+
+
+def _check_crops(data: DataConfig, source) -> None:
+    """What ImageRecordIter's CHECKs refuse, refused on load: random_resized_crop beside the other crops
+    and scales, and ranges upside down."""
+    if data.random_resized_crop:
+        clashes = [name for name, on in (("random_crop", data.random_crop),
+                                         ("min_random_scale", data.min_random_scale != 1.0),
+                                         ("max_random_scale", data.max_random_scale != 1.0),
+                                         ("min_crop_size", bool(data.min_crop_size)),
+                                         ("max_crop_size", bool(data.max_crop_size))) if on]
+        if clashes:
+            raise ConfigError(f"data.random_resized_crop: conflicts with data.{clashes[0]} (as MXNet's; "
+                              f"aug_level >= 1 sets random_crop: set data.random_crop = false)", source)
+    if data.min_random_area > data.max_random_area:
+        raise ConfigError(f"data.min_random_area: expected at most data.max_random_area ({data.max_random_area}), "
+                          f"got {data.min_random_area}", source)
+    if data.min_random_aspect_ratio and data.min_random_aspect_ratio > data.max_random_aspect_ratio:
+        raise ConfigError(f"data.min_random_aspect_ratio: expected at most data.max_random_aspect_ratio "
+                          f"({data.max_random_aspect_ratio}), got {data.min_random_aspect_ratio}", source)
+    if (data.min_crop_size or data.max_crop_size) and not 0 < data.min_crop_size <= data.max_crop_size:
+        raise ConfigError(f"data.min_crop_size: expected a positive integer at most data.max_crop_size "
+                          f"({data.max_crop_size}), got {data.min_crop_size}", source)
 
 
 def _check_batch_memory(data: DataConfig, source) -> None:
@@ -240,6 +303,16 @@ def _check_batch_memory(data: DataConfig, source) -> None:
         raise ConfigError(f"data.batch_size: a batch of {data.batch_size} images of {data.image_shape} is "
                           f"{batch_bytes / 2**30:.3g} GiB, more than this machine's memory "
                           f"({memory / 2**30:.3g} GiB)", source)
+
+
+def _check_optimizer(train: TrainConfig, source) -> None:
+    """What the updater would refuse, refused now (flow.optim holds the names and rules)."""
+    from flow.optim import optimizer_problem  # here: flow.optim imports torch
+
+    problem = optimizer_problem(train.optimizer, train.nesterov, train.lr_mult, train.wd_mult)
+    if problem:
+        key, why = problem
+        raise ConfigError(f"train.{key}: {why}", source)
 
 
 def _check_metrics(train: TrainConfig, source) -> None:
@@ -274,6 +347,8 @@ def _section(section_name: str, cls: type, values: dict, source, base_dir: Path 
     fields = {f.name: f for f in dataclasses.fields(cls)}
     types = typing.get_type_hints(cls)
     values = dict(values)
+    if hasattr(cls, "fit_py_forms"):
+        values = cls.fit_py_forms(values, source)  # fit.py's spellings of a setting, in flow's keys
     if hasattr(cls, "implied"):
         values = {**cls.implied(values), **values}  # what a key implies, unless set explicitly
     checked = {}

@@ -31,8 +31,10 @@ from typing import AsyncIterable
 
 from tqdm import tqdm
 
-from flow.events import (BatchEnd, BestCheckpointSaved, CheckpointSaved, EarlyStopped, EpochEnd,
-                         NumExamplesBelowRecords, RunStarted, Validation)
+from flow.events import (BatchEnd, BestCheckpointSaved, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified,
+                         EarlyStopped, EpochEnd, LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords,
+                         RunStarted, Validation)
+from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
 
 log = logging.getLogger("flow")
@@ -52,6 +54,16 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
                 log.warning("data.num_examples (%d) is less than the %d records of %s: the lr schedule counts "
                             "epochs of %d examples, so its epochs end mid-epoch, ahead of the epochs the log shows",
                             event.num_examples, event.records, event.path, event.num_examples)
+            elif isinstance(event, CheckpointsSkipped):
+                log.warning("resuming from epoch %d, the newest checkpoint that verifies; skipped: %s",
+                            event.epoch, "; ".join(event.reasons))
+            elif isinstance(event, CheckpointUnverified):
+                log.warning("%s: no checksums to verify (written by a flow from before them); loaded as it is",
+                            event.path)
+            elif isinstance(event, LearningRateAdjusted):
+                log.info(adjust_line(event.lr, event.epoch))
+            elif isinstance(event, LearningRateChanged):
+                _write(bar, change_line(event.num_update, event.lr))
             elif isinstance(event, BatchEnd):
                 if bar is None and show_bar and batches_per_epoch:
                     bar = tqdm(total=batches_per_epoch, desc=f"epoch {event.epoch}", leave=False, unit="batch",

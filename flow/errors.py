@@ -43,6 +43,10 @@ class ConfigError(FlowError):
     """A config key that is unknown, of the wrong type or out of range."""
 
 
+class CheckpointError(FlowError):
+    """A checkpoint that is missing, incomplete, damaged since it was written, or not only tensors."""
+
+
 class DistributedError(FlowError):
     """Another process of a distributed job stopped (or hangs), so this one cannot go on."""
 

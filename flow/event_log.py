@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 
 import msgpack
 
+from flow.atomic import make_parent_folder
 from flow.errors import FlowError
 from flow.events import event_from_dict, event_to_dict
 
@@ -32,12 +33,12 @@ class EventLogWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        make_parent_folder(self.path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             _cut_torn_tail(self.path)
             self._file = open(self.path, "ab", buffering=0)  # unbuffered: each event reaches the OS whole
             self._end = os.fstat(self._file.fileno()).st_size
-        except OSError as error:
+        except OSError as error:  # a read-only folder, say
             raise FlowError(f"cannot write the event log: {error.strerror}", self.path) from None
         self._packer = msgpack.Packer(use_bin_type=True)
 

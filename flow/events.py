@@ -33,6 +33,38 @@ class NumExamplesBelowRecords:
 
 
 @dataclass(frozen=True)
+class CheckpointsSkipped:
+    """At start-up: resuming passed over newer checkpoints that are incomplete or damaged."""
+
+    epoch: int  # the checkpoint resumed from
+    reasons: list[str]  # one for each checkpoint passed over, newest first: "file: what is wrong"
+
+
+@dataclass(frozen=True)
+class CheckpointUnverified:
+    """At start-up: the checkpoint loaded has no checksums (a flow from before them wrote it), so
+    damage to it would go unseen."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class LearningRateChanged:
+    """A step of the lr schedule (multifactor, factor): update `num_update` is the first at `lr`."""
+
+    num_update: int
+    lr: float
+
+
+@dataclass(frozen=True)
+class LearningRateAdjusted:
+    """At the start of a resumed run: the steps before `epoch` lowered the lr to `lr` (fit.py's line)."""
+
+    epoch: int
+    lr: float
+
+
+@dataclass(frozen=True)
 class BatchEnd:
     """Every `disp_batches` batches: Speedometer's figures since the last report (local metrics)."""
 
@@ -110,9 +142,10 @@ class RunFailed:
     message: str
 
 
-EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, BatchEnd, EpochEnd, Validation,
-                                             CheckpointSaved, BestCheckpointSaved, EarlyStopped, RunFinished,
-                                             RunFailed)}
+EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
+                                             CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
+                                             BatchEnd, EpochEnd, Validation, CheckpointSaved, BestCheckpointSaved,
+                                             EarlyStopped, RunFinished, RunFailed)}
 
 
 def event_to_dict(event) -> dict:

@@ -27,7 +27,7 @@ from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update
 from flow import channels as hand_off
 from flow.errors import FlowError
-from flow.events import EarlyStopped, RunFinished, RunStarted
+from flow.events import EarlyStopped, LearningRateChanged, RunFinished, RunStarted
 from flow.metric_watch import MetricWatch, WatchSettings
 
 
@@ -134,6 +134,8 @@ class _Loop:
         if training:
             self.num_update += 1
             num_update, lr = self.num_update, self.settings.schedule.lr_at(self.num_update)
+            if self.settings.schedule.changes_at(num_update):
+                await self.channels.events.send(LearningRateChanged(num_update, lr))
         bounds = [(0, size)] if self.num_devices == 1 else slice_bounds(size, self.num_devices)
         slices = 0
         for replica, (start, stop) in enumerate(bounds):

@@ -35,12 +35,13 @@ from flow.actors.checkpoint import checkpoint
 from flow.actors.compute import compute
 from flow.actors.metrics import metrics
 from flow.actors.param_server import param_server
-from flow import builders, checkpoints, models, mxnet_import
-from flow.config import Config
+from flow import builders, checkpoints, models, mxnet_import, optim
+from flow.config import CheckpointConfig, Config
 from flow.distributed import Cluster, join
-from flow.errors import ConfigError, RecordIOError, first_cause, unwrapped_errors
+from flow.errors import CheckpointError, ConfigError, RecordIOError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
-from flow.events import CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished, Validation
+from flow.events import (CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd, LearningRateAdjusted,
+                         NumExamplesBelowRecords, RunFailed, RunFinished, Validation)
 from flow.fit import FitChannels, fit
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
@@ -176,7 +177,7 @@ class _Plan:
     batches_per_epoch: int  # 0: unknown (custom data)
     cluster: Cluster
     writes_files: bool  # checkpoints and the event log: one process writes them (rank 0)
-    warnings: list  # events published before training starts
+    warnings: list  # events published before training starts (warnings, fit.py's resume line)
     watch: object  # flow.metric_watch.WatchSettings, or None: the fit loop watches no validation metric
     loggers: list  # [log]'s loggers, each an async function of a subscription (one process runs them: rank 0)
     subscriptions: list[Subscription] = field(default_factory=list)
@@ -184,8 +185,9 @@ class _Plan:
 
 def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -> _Plan:
     data, train, saving = config.data, config.train, config.checkpoint
-    # Before any file is read or process group joined: a run with nothing to train says so at once.
-    begin_epoch = saving.load_epoch
+    resumed, skipped = _resume_point(saving)
+    # Before any other file is read or process group joined: a run with nothing to train says so at once.
+    begin_epoch = resumed.epoch if resumed else 0 if saving.resume else saving.load_epoch
     if begin_epoch > train.num_epochs:
         raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is past train.num_epochs ({train.num_epochs}): "
                           f"nothing to train; raise train.num_epochs or load an earlier epoch")
@@ -214,7 +216,7 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     num_examples = data.num_examples or records
     if num_examples:
         epoch_size = updates_per_epoch(num_examples, data.batch_size, max(data.num_parts, cluster.world_size))
-    elif train.lr_step_epochs or train.lr_schedule == "cosine" or train.warmup_epochs:
+    elif train.lr_step_epochs or train.lr_schedule != "multifactor" or train.warmup_epochs:
         raise ConfigError("data.num_examples: the lr schedule counts in epochs, so custom data needs num_examples")
     else:
         epoch_size = 1  # a constant lr: the count never matters
@@ -228,10 +230,15 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     if begin_epoch:
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
-        model_state, states = checkpoints.load_checkpoint(saving.model_prefix, begin_epoch)
-        begin_update, updater_state, resumed_watch = states["num_update"], states["updater"], states.get("watch")
+        loaded = resumed or checkpoints.read_checkpoint(saving.model_prefix, begin_epoch)
+        model_state, begin_update = loaded.model_state, loaded.states["num_update"]
+        updater_state, resumed_watch = loaded.states["updater"], loaded.states.get("watch")
         if begin_update is None:  # imported from MXNet, which counts no updates: as fit.py, epochs x epoch size
             begin_update = begin_epoch * epoch_size
+        if not loaded.verified and cluster.rank == 0:
+            warnings.append(CheckpointUnverified(str(checkpoints.params_path(saving.model_prefix, begin_epoch))))
+    if skipped and cluster.rank == 0:
+        warnings.append(CheckpointsSkipped(begin_epoch, skipped))
     watch = builders.watch_settings(config, resumed_watch)
     if watch is not None and val_loader is None and val_data is None:
         key = "checkpoint.best_metric" if config.checkpoint.best_metric else "train.early_stop_patience"
@@ -239,14 +246,47 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
+    _check_optimizer_fits(config, model, updater_state, begin_epoch)
     schedule = build_schedule(
         train.lr_schedule, train.lr, epoch_size=epoch_size, num_epochs=train.num_epochs,
-        lr_factor=train.lr_factor, lr_step_epochs=train.lr_step_epochs,
-        warmup_steps=math.ceil(train.warmup_epochs * epoch_size), warmup_begin_lr=train.warmup_begin_lr)
+        lr_factor=train.lr_factor, lr_step_epochs=train.lr_step_epochs, lr_factor_epochs=train.lr_factor_epochs,
+        lr_pwr=train.lr_pwr, warmup_steps=math.ceil(train.warmup_epochs * epoch_size),
+        warmup_begin_lr=train.warmup_begin_lr, warmup_mode=train.warmup_mode)
+    if begin_epoch and (resumed_lr := schedule.resumed_lr(begin_update)) is not None:
+        warnings.append(LearningRateAdjusted(begin_epoch, resumed_lr))
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
                  train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
                  writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings, watch=watch,
                  loggers=builders.loggers(config.log) if cluster.rank == 0 else [])
+
+
+def _resume_point(saving: CheckpointConfig) -> tuple[checkpoints.Checkpoint | None, list[str]]:
+    """With checkpoint.resume, the newest checkpoint that verifies (None: the prefix has none, a fresh
+    start) and the newer ones passed over, each with what is wrong with it."""
+    if not saving.resume:
+        return None, []
+    if not saving.model_prefix:
+        raise ConfigError("checkpoint.resume: needs checkpoint.model_prefix to find the checkpoints")
+    resumed, skipped = checkpoints.newest_checkpoint(saving.model_prefix)
+    if resumed is None and skipped:
+        raise CheckpointError(f"no checkpoint to resume from verifies: {'; '.join(skipped)}; move them away to "
+                              f"start afresh")
+    return resumed, skipped
+
+
+def _check_optimizer_fits(config: Config, model: torch.nn.Module, updater_state: dict | None,
+                          begin_epoch: int) -> None:
+    """The lr_mult/wd_mult patterns name parameters of the model, and a resumed optimizer state is the optimizer's."""
+    train = config.train
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = optim.unmatched_pattern(names, train.lr_mult, train.wd_mult)
+    if unmatched:
+        key, pattern = unmatched
+        raise ConfigError(f"train.{key}: pattern {pattern!r} matches no parameter name of the model "
+                          f"({', '.join(names[:4]) or 'it has none'}{', ...' if len(names) > 4 else ''})")
+    if updater_state is not None:
+        optim.check_resumable(updater_state, train.optimizer,
+                              checkpoints.states_path(config.checkpoint.model_prefix, begin_epoch))
 
 
 def _check_label_width(settings: loader_actor.LoaderSettings, table: RecordTable) -> None:
@@ -352,8 +392,11 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     server = len(devices) > 1 or plan.cluster.distributed  # else the one device updates itself (no kvstore)
     updater_settings = builders.updater_settings(config.train)
 
+    # The actors hand over their copies of the model's parameters, in the model's order: named here.
+    names = [name for name, _ in plan.model.named_parameters()]
+
     def make_updater(parameters: list[torch.Tensor]) -> Updater:
-        updater = Updater(parameters, updater_settings)
+        updater = Updater(zip(names, parameters, strict=True), updater_settings)
         if plan.updater_state is not None:
             updater.load_state_dict(plan.updater_state)
         return updater

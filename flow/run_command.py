@@ -1,8 +1,8 @@
 """Train a model end to end from a train.toml: `flow run train.toml [--set section.key=value ...]`.
 
 Prints MXNet's log lines (Speedometer, Train-/Validation- metrics, Time cost, Saved checkpoint),
-which MXNet's tools/parse_log.py reads. `--resume` continues from the newest complete checkpoint
-of checkpoint.model_prefix (the same as checkpoint.load_epoch = that epoch). Several processes:
+which MXNet's tools/parse_log.py reads. `--resume` continues from the newest checkpoint of
+checkpoint.model_prefix that is complete and verifies (checkpoint.resume = true). Several processes:
 `torchrun --nproc-per-node N -m flow run train.toml --set train.kv_store='"dist_sync"'`.
 """
 
@@ -38,7 +38,7 @@ FIT_PY_RENAMED = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.usage = "%(prog)s [-h] [--debug] [--resume] [--set SECTION.KEY=VALUE] [fit.py's flags] config"
     parser.add_argument("config", help="the train.toml file")
-    parser.add_argument("--resume", action="store_true", help="resume from the newest checkpoint of model_prefix")
+    parser.add_argument("--resume", action="store_true", help="resume from the newest checkpoint of model_prefix that verifies")
     add_override_arguments(parser)
 
 
@@ -124,7 +124,6 @@ def run(args: argparse.Namespace) -> int:
     with interrupts_deferred():  # torch imports here: Ctrl-C must not land inside its C++ initialization
         import trio
 
-        from flow import checkpoints
         from flow.config import load_config
         from flow.errors import FlowError
         import flow.console  # noqa: F401 (train_with_console's imports: here, so that Ctrl-C waits for them too)
@@ -135,9 +134,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         if not config.checkpoint.model_prefix:
             raise FlowError("--resume needs checkpoint.model_prefix", args.config)
-        epochs = checkpoints.saved_epochs(config.checkpoint.model_prefix)
-        if epochs:
-            config = load_config(args.config, overrides + [f"checkpoint.load_epoch={epochs[-1]}"])
+        config = load_config(args.config, overrides + ["checkpoint.resume=true"])
     configure_logging()
     logger = logging.getLogger("flow")
     logger.info("start with arguments")  # fit.py's first line, one line per section after it

@@ -2,11 +2,15 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from flow import augment
 from flow.augment import AugmentSettings
 from flow.errors import ImageError
 
+# data.py's --use-imagenet-data-augmentation set.
+IMAGENET = AugmentSettings(random_resized_crop=True, min_random_area=0.08, min_aspect_ratio=3 / 4, max_aspect_ratio=4 / 3,
+                           brightness=0.4, contrast=0.4, saturation=0.4, pca_noise=0.1, rand_mirror=True)
 LEVEL_3 = AugmentSettings(rand_crop=True, rand_mirror=True, max_random_h=36, max_random_s=50, max_random_l=50,
                           max_rotate_angle=10, max_shear_ratio=0.1, max_aspect_ratio=0.25)
 
@@ -123,7 +127,13 @@ def test_normalize_to_nchw_float():
     AugmentSettings(rand_crop=True, rand_mirror=True, max_random_h=36, max_random_s=50, max_random_l=50),
     LEVEL_3,
     AugmentSettings(rand_crop=True, min_random_scale=0.9, max_random_scale=1.3),
-], ids=["none", "resize", "crop-pad", "level-2", "level-3", "scale"])
+    IMAGENET,
+    AugmentSettings(resize=36, random_resized_crop=True, min_random_area=0.3, min_aspect_ratio=0.75,
+                    max_aspect_ratio=4 / 3, inter_method=10),
+    AugmentSettings(rand_crop=True, min_crop_size=20, max_crop_size=38, inter_method=9),
+    AugmentSettings(max_img_size=36, min_img_size=34, rand_crop=True, inter_method=2),
+], ids=["none", "resize", "crop-pad", "level-2", "level-3", "scale", "imagenet", "rrc-resize-random-method",
+        "crop-size", "img-size"])
 def test_a_slice_comes_out_at_the_output_size_and_repeats_by_seed(settings):
     sources = random_images(6, 40, 48, seed=3)
 
@@ -140,3 +150,145 @@ def test_a_slice_comes_out_at_the_output_size_and_repeats_by_seed(settings):
     assert np.array_equal(first, run(7))
     if settings.random:
         assert not np.array_equal(first, run(8))
+
+
+def mxnet_rrc_windows(height, width, count, seed, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
+    """ImageRecordIter's random_resized_crop loop, transcribed on its own (None: MXNet's fallback)."""
+    rng = np.random.default_rng(seed)
+    windows = []
+    for _ in range(count):
+        for _ in range(10):
+            target = height * width * rng.uniform(*area)
+            ratio = rng.uniform(*aspect)
+            crop_height, crop_width = int(np.floor(np.sqrt(target / ratio) + 0.5)), int(np.floor(np.sqrt(target * ratio) + 0.5))
+            if rng.random() > 0.5:
+                crop_height, crop_width = crop_width, crop_height
+            if crop_height <= height and crop_width <= width:
+                windows.append((crop_height, crop_width))
+                break
+        else:
+            windows.append(None)
+    return windows
+
+
+def test_random_resized_crop_windows_follow_mxnets_distribution():
+    height, width, count = 375, 500, 4000
+    params = augment.draw(IMAGENET, np.random.default_rng(1), count)
+    windows = [augment.rrc_window(height, width, params, index) for index in range(count)]
+    assert all(window is not None for window in windows)  # on a 4:3 photo some try always fits
+    expected = mxnet_rrc_windows(height, width, count, 2)
+    for sample in (windows, expected):
+        assert all(top >= 0 and left >= 0 and top + h <= height and left + w <= width
+                   for top, left, h, w in (window if len(window) == 4 else (0, 0, *window) for window in sample))
+
+    def histograms(sample):
+        sizes = np.array([window[-2:] for window in sample], dtype=float)
+        area = sizes[:, 0] * sizes[:, 1] / (height * width)
+        aspect = sizes[:, 1] / sizes[:, 0]
+        return (np.histogram(area, bins=10, range=(0, 1))[0] / len(sample),
+                np.histogram(aspect, bins=8, range=(0.7, 1.4))[0] / len(sample), area, aspect)
+
+    ours_area, ours_aspect, area, aspect = histograms(windows)
+    theirs_area, theirs_aspect, _, _ = histograms(expected)
+    assert np.abs(ours_area - theirs_area).max() < 0.03 and np.abs(ours_aspect - theirs_aspect).max() < 0.03
+    assert 0.07 < area.min() and area.max() <= 1.0 and 0.72 < aspect.min() and aspect.max() < 1.37
+    tops = np.array([window[0] / max(1, height - window[2]) for window in windows if window[2] < height - 50])
+    assert 0.4 < tops.mean() < 0.6  # placed uniformly in the free range
+
+
+def test_random_resized_crop_falls_back_to_mxnets_centre_crop():
+    settings = AugmentSettings(random_resized_crop=True, min_random_area=0.9, min_aspect_ratio=3.0, max_aspect_ratio=4.0)
+    image = random_images(1, 40, 40)[0]
+    params = augment.draw(settings, np.random.default_rng(0), 1)
+    assert augment.rrc_window(40, 40, params, 0) is None  # no 3:1-4:1 window of 90% of a square fits
+    out = np.empty((32, 32, 3), np.uint8)
+    augment.place(image, params, 0, settings, out)
+    assert np.array_equal(out, image[4:36, 4:36])
+    # Smaller than the output: scaled up first (the height, then the width in proportion), as MXNet.
+    small = random_images(1, 20, 30)[0]
+    assert augment.upscaled_shape(20, 30, 32, 32) == (32, 48)
+    augment.place(small, params, 0, settings, out)
+    assert np.array_equal(out, augment.resize_shorter(small, 32)[:, 8:40])
+
+
+def test_random_resized_crop_draws_follow_the_settings():
+    params = augment.draw(IMAGENET, np.random.default_rng(3), 2000)
+    assert params.area.shape == (2000, augment.RRC_TRIES)
+    assert 0.08 <= params.area.min() and params.area.max() <= 1.0
+    assert 0.75 <= params.aspect.min() and params.aspect.max() <= 4 / 3
+    assert 0.45 < params.swap.mean() < 0.55
+    plain = augment.draw(LEVEL_3, np.random.default_rng(5), 50)
+    assert (plain.area == 1).all() and (plain.alphas == 1).all() and (plain.pca == 0).all()
+    # Turning the new augmenters on leaves the draws of the others as they were.
+    more = augment.draw(AugmentSettings(**{**LEVEL_3.__dict__, "brightness": 0.4, "pca_noise": 0.1}),
+                        np.random.default_rng(5), 50)
+    assert np.array_equal(more.angle, plain.angle) and np.array_equal(more.hls, plain.hls)
+
+
+def test_crop_size_square_resized_to_the_output():
+    settings = AugmentSettings(min_crop_size=10, max_crop_size=30, rand_crop=True)
+    params = augment.draw(settings, np.random.default_rng(0), 500)
+    assert params.crop_size.min() == 10 and params.crop_size.max() == 30
+    image = random_images(1, 30, 40)[0]
+    out = np.empty((16, 16, 3), np.uint8)
+    augment.place(image, params, 0, settings, out)
+    top, left, size, _ = augment.crop_size_window(30, 40, int(params.crop_size[0]), True,
+                                                  float(params.crop_y[0]), float(params.crop_x[0]))
+    window = image[top:top + size, left:left + size]
+    assert np.array_equal(out, np.asarray(Image.fromarray(window).resize((16, 16), Image.Resampling.BILINEAR)))
+    assert augment.crop_size_window(30, 40, 20, False, 0.9, 0.9) == (5, 10, 20, 20)  # centred without rand_crop
+    with pytest.raises(ImageError, match="max_crop_size"):
+        augment.crop_size_window(30, 40, 31, False, 0, 0)
+
+
+def test_colour_jitter():
+    image = random_images(1, 16, 16)[0]
+    same = image.copy()
+    augment.jitter_colour(same, np.ones(3, np.float32), np.arange(3))
+    assert np.array_equal(same, image)
+    brighter = image.copy()
+    augment.jitter_colour(brighter, np.array([1.4, 1, 1], np.float32), np.arange(3))
+    assert np.array_equal(brighter, np.clip(np.rint(image * np.float32(1.4)), 0, 255).astype(np.uint8))
+    flat = image.copy()  # contrast 0: every pixel the mean grey
+    augment.jitter_colour(flat, np.array([1, 0, 1], np.float32), np.arange(3))
+    assert len(np.unique(flat)) == 1 and abs(int(flat[0, 0, 0]) - augment.grey(image).mean()) <= 0.5
+    grey = image.copy()  # saturation 0: grey pixels, MXNet's BGR weights (0.299 on blue)
+    augment.jitter_colour(grey, np.array([1, 1, 0], np.float32), np.arange(3))
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+    assert augment.grey(np.array([[[0, 0, 255]]], np.uint8))[0, 0] == 76  # round(0.299 * 255)
+    # The order matters: brightness then contrast differs from contrast then brightness (clipping).
+    first, second = image.copy(), image.copy()
+    augment.jitter_colour(first, np.array([1.6, 1.5, 1], np.float32), np.array([0, 1, 2]))
+    augment.jitter_colour(second, np.array([1.6, 1.5, 1], np.float32), np.array([1, 0, 2]))
+    assert not np.array_equal(first, second)
+
+
+def test_pca_noise():
+    image = random_images(1, 8, 8)[0]
+    same = image.copy()
+    augment.add_lighting(same, np.zeros(3, np.float32))
+    assert np.array_equal(same, image)
+    lit = image.copy()
+    augment.add_lighting(lit, np.array([10.7, -3.2, 0.4], np.float32))
+    expected = np.clip(np.trunc(image.astype(np.float32) + np.array([10.7, -3.2, 0.4], np.float32)), 0, 255)
+    assert np.array_equal(lit, expected.astype(np.uint8))
+    params = augment.draw(IMAGENET, np.random.default_rng(0), 4000)
+    # alpha ~ N(0, 0.1) per eigenvector: the offsets' covariance is eigvec diag(0.01) eigvec^T.
+    expected_cov = augment.PCA_EIGVEC @ augment.PCA_EIGVEC.T * 0.01
+    assert np.allclose(np.cov(params.pca.T), expected_cov, rtol=0.15, atol=0.05)
+
+
+def test_inter_method_auto_picks_like_mxnet():
+    assert augment.pick_method(9, (10, 10), (20, 20)) == augment.BICUBIC
+    assert augment.pick_method(9, (20, 20), (10, 10)) == augment.AREA
+    assert augment.pick_method(9, (20, 10), (10, 20)) == augment.BILINEAR
+    assert augment.pick_method(3, (20, 10), (10, 20)) == augment.AREA
+    params = augment.draw(AugmentSettings(inter_method=10), np.random.default_rng(0), 500)
+    assert set(np.unique(params.methods).tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_img_size_limits_clamp_the_warp_canvas():
+    image = random_images(1, 40, 48)[0]
+    assert augment.warp(image, 0.0, 0, 1.0, 1.0, 127, 0.0, 36.0).shape == (36, 36, 3)
+    clamped = augment.warp(image, 0.0, 0, 1.0, 1.0, 127, 44.0, 0.0)
+    assert clamped.shape == (44, 48, 3) and (clamped[:2] == 127).all()  # grown canvas: fill round the image

@@ -33,8 +33,26 @@ def test_loader_settings_train_and_val():
                         "train", seed=0)
 
 
+def test_loader_settings_imagenet_augmentation():
+    config = config_from_dict({"data": {
+        "data_train": "/data/train.rec", "random_resized_crop": True, "min_random_area": 0.08,
+        "min_random_aspect_ratio": 0.75, "max_random_aspect_ratio": 1.3333, "brightness": 0.4, "contrast": 0.3,
+        "saturation": 0.2, "pca_noise": 0.1, "inter_method": 9, "min_crop_size": 0, "max_img_size": 300.0,
+        "min_img_size": 10.0}})
+    augment = loader_settings(config.data, "train", seed=0).augment
+    assert augment == AugmentSettings(random_resized_crop=True, min_random_area=0.08, min_aspect_ratio=0.75,
+                                      max_aspect_ratio=1.3333, brightness=0.4, contrast=0.3, saturation=0.2,
+                                      pca_noise=0.1, inter_method=9, max_img_size=300.0, min_img_size=10.0)
+    assert augment.rrc and augment.random and augment.reshapes
+
+
 def test_updater_settings_name_fit_py_s_flags():
-    train = config_from_dict({"train": {"optimizer": "adam", "lr": 0.5, "mom": 0.8, "nesterov": True, "wd": 0.01,
+    train = config_from_dict({"train": {"optimizer": "torch_sgd", "lr": 0.5, "mom": 0.8, "nesterov": True, "wd": 0.01,
                                         "clip_gradient": 2.0}}).train
-    assert updater_settings(train) == UpdaterSettings(optimizer="adam", lr=0.5, momentum=0.8, nesterov=True,
+    assert updater_settings(train) == UpdaterSettings(optimizer="torch_sgd", lr=0.5, momentum=0.8, nesterov=True,
                                                       weight_decay=0.01, clip_gradient=2.0)
+    train = config_from_dict({"train": {"optimizer": "rmsprop", "centered": True, "lr_mult": {"fc.*": 10},
+                                        "wd_mult": {"*.bias": 1}}}).train
+    settings = updater_settings(train)
+    assert (settings.optimizer, settings.centered) == ("rmsprop", True)
+    assert (settings.lr_mult, settings.wd_mult) == ({"fc.*": 10}, {"*.bias": 1})

@@ -1,5 +1,8 @@
 """The checkpoint actor alone, driven through its channels: Saves in, files and CheckpointSaved out."""
 
+import errno
+import io
+import os
 import threading
 
 import pytest
@@ -7,14 +10,16 @@ import torch
 import trio
 import trio.testing
 
+import flow.atomic
 from flow import checkpoints
 from flow.actors.checkpoint import CheckpointSettings, Save, checkpoint
 from flow.errors import FlowError
 from flow.events import BestCheckpointSaved, CheckpointSaved
 
 
-def save(epoch):
-    return Save(epoch, {"weight": torch.full((2,), float(epoch))}, {"epoch": epoch, "num_update": 10 * epoch},
+def save(epoch, value=None):
+    value = float(epoch) if value is None else value
+    return Save(epoch, {"weight": torch.full((2,), value)}, {"epoch": epoch, "num_update": 10 * epoch},
                 {"network": "mlp"})
 
 
@@ -68,7 +73,8 @@ async def test_a_best_save_goes_to_the_best_checkpoint_which_keep_never_removes(
     params, states = torch.load(best_files[0], weights_only=True), torch.load(best_files[1], weights_only=True)
     assert torch.equal(params["weight"], torch.full((2,), 3.0)) and states == {"epoch": 3, "num_update": 30}
     assert sorted(path.name for path in tmp_path.iterdir()) == [  # written atomically: no temporary file left
-        "model-0004.params", "model-0004.states", "model-best.params", "model-best.states", "model-model.json"]
+        "model-0004.manifest.json", "model-0004.params", "model-0004.states", "model-best.manifest.json",
+        "model-best.params", "model-best.states", "model-model.json"]
 
 
 async def test_keep_0_keeps_every_checkpoint(tmp_path):
@@ -129,3 +135,70 @@ async def test_cancelled_mid_write_it_finishes_the_file_and_announces_nothing(tm
         event_receive.receive_nowait()
     with pytest.raises(trio.BrokenResourceError):
         save_send.send_nowait(save(2))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+async def test_a_non_finite_model_is_not_written_and_ends_the_run_keeping_the_good_ones(tmp_path, bad):
+    prefix = str(tmp_path / "model")
+    save_send, save_receive = trio.open_memory_channel(4)
+    event_send, event_receive = trio.open_memory_channel(4)
+    for message in (save(1), save(2), save(3, bad), save(4)):
+        save_send.send_nowait(message)
+    with pytest.raises(FlowError) as refused:
+        await checkpoint(CheckpointSettings(prefix, keep=2), save_receive, event_send)
+    assert str(refused.value) == (f"{prefix}-0003.params: not written: the model after Epoch[2] has NaN or inf "
+                                  f"weights (in 'weight'); the checkpoints before it are kept as they were")
+    assert [event async for event in event_receive] == [saved(prefix, 1), saved(prefix, 2)]
+    assert checkpoints.saved_epochs(prefix) == [1, 2]
+    assert checkpoints.newest_checkpoint(prefix)[0].epoch == 2
+
+
+async def test_at_its_start_it_removes_a_killed_runs_leftovers(tmp_path):
+    prefix = str(tmp_path / "model")
+    checkpoints.save_checkpoint(prefix, 1, {"weight": torch.zeros(2)}, {"epoch": 1}, None)
+    checkpoints.params_path(prefix, 1).unlink()  # killed between the removals keep makes: an orphan .states
+    (tmp_path / "model-0002.params.tmp").write_bytes(b"torn")
+    await run_actor(CheckpointSettings(prefix, keep=0), [save(2)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model-0002.manifest.json", "model-0002.params", "model-0002.states", "model-model.json"]
+
+
+class FullDisk(io.FileIO):
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("error_number", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+@pytest.mark.parametrize("failing_file", ["0002.manifest.json", "0002.states", "0002.params"])
+async def test_a_full_disk_or_read_only_folder_is_one_line_and_the_last_checkpoint_stays(
+        tmp_path, monkeypatch, error_number, failing_file):
+    """ENOSPC as a write fails on a full disk; EROFS and EACCES as opening a file fails in a read-only folder."""
+    prefix = str(tmp_path / "model")
+    real_open = open
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        if not str(path).endswith(failing_file + ".tmp"):
+            return real_open(path, mode, *args, **kwargs)
+        if error_number == errno.ENOSPC:
+            return FullDisk(path, "w")
+        raise OSError(error_number, os.strerror(error_number), str(path))
+    monkeypatch.setattr(flow.atomic, "open", failing_open, raising=False)
+    save_send, save_receive = trio.open_memory_channel(3)
+    event_send, event_receive = trio.open_memory_channel(3)
+    for message in (save(1), save(2), save(3)):
+        save_send.send_nowait(message)
+    with pytest.raises(FlowError) as failed:
+        await checkpoint(CheckpointSettings(prefix, keep=1), save_receive, event_send)
+    assert str(failed.value) == f"{prefix}-{failing_file}: cannot write: {os.strerror(error_number)}"
+    assert [event async for event in event_receive] == [saved(prefix, 1)]
+    newest, skipped = checkpoints.newest_checkpoint(prefix)
+    assert newest.epoch == 1 and skipped == [] and torch.equal(newest.model_state["weight"], torch.full((2,), 1.0))
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+async def test_a_model_prefix_under_a_regular_file_is_one_line(tmp_path):
+    (tmp_path / "runs").write_text("a file, not a folder")
+    prefix = str(tmp_path / "runs" / "model")
+    with pytest.raises(FlowError) as failed:
+        await run_actor(CheckpointSettings(prefix, keep=0), [save(1)])
+    assert str(failed.value) == f"{prefix}-model.json: cannot write: {tmp_path / 'runs'} or a folder above it is a regular file"

@@ -80,6 +80,15 @@ def test_aug_level_fills_only_unset_knobs():
     ({"data": {"num_classes": 2**40}}, r"data.num_classes: expected a positive integer, at most 2\*\*24"),
     ({"data": {"data_nthreads": 10**6}}, r"data.data_nthreads: expected a positive integer, at most 1024"),
     ({"data": {"max_image_pixels": 0}}, r"data.max_image_pixels: expected a positive integer, got 0"),
+    ({"data": {"random_resized_crop": True, "aug_level": 1}}, r"data.random_resized_crop: conflicts with data.random_crop"),
+    ({"data": {"random_resized_crop": True, "max_random_scale": 1.2}},
+     r"data.random_resized_crop: conflicts with data.max_random_scale"),
+    ({"data": {"min_random_area": 0.5, "max_random_area": 0.4}}, r"data.min_random_area: expected at most"),
+    ({"data": {"min_random_aspect_ratio": 1.5, "max_random_aspect_ratio": 1.2}},
+     r"data.min_random_aspect_ratio: expected at most data.max_random_aspect_ratio \(1.2\)"),
+    ({"data": {"max_crop_size": 30}}, r"data.min_crop_size: expected a positive integer at most"),
+    ({"data": {"inter_method": 5}}, r"data.inter_method: expected 0-4, 9 or 10"),
+    ({"data": {"brightness": 1.5}}, r"data.brightness: expected a float in \[0, 1\]"),
 ])
 def test_bad_config_says_which_key_and_what_is_expected(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -123,6 +132,26 @@ def test_metrics_the_run_cannot_serve_fail_on_load(train, message):
 def test_metrics_as_fit_py_names_them_load():
     config = config_from_dict({"train": {"metrics": ["ACC", "top_k_acc", "ce"], "top_k": 5}})
     assert config.train.metrics == ("ACC", "top_k_acc", "ce") and config.train.top_k == 5
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"optimizer": "sgdd"}, "train.optimizer: expected one of sgd, nag, adam, rmsprop, adagrad, adadelta, "
+                            "torch_sgd, torch_adam, got 'sgdd'"),
+    ({"nesterov": True}, "train.nesterov: is torch_sgd's; MXNet's Nesterov momentum is train.optimizer = \"nag\""),
+    ({"optimizer": "torch_adam", "wd_mult": {"*.bias": 0}}, "train.wd_mult: is for MXNet's optimizers"),
+    ({"lr_mult": {"fc.*": "x"}}, "train.lr_mult: expected a finite non-negative number for 'fc.*', got 'x'"),
+    ({"lr_step_epochs": "powx"}, "train.lr_step_epochs: expected epochs or fit.py's 'powN', got 'powx'"),
+    ({"lr_step_epochs": "pow2", "lr_schedule": "cosine"}, "train.lr_step_epochs: 'pow2' is the pow schedule"),
+])
+def test_optimizer_keys_that_do_not_go_together_fail_on_load(train, message):
+    with pytest.raises(ConfigError, match=re.escape(f"train.toml: {message}")):
+        config_from_dict({"train": train}, source="train.toml")
+
+
+def test_fit_py_s_pow_steps_are_the_pow_schedule(tmp_path):
+    config = load_config(write(tmp_path, "[train]\nlr = 0.1\n"), ["train.lr_step_epochs=pow2.5"])
+    assert (config.train.lr_schedule, config.train.lr_pwr, config.train.lr_step_epochs) == ("pow", 2.5, ())
+    assert config_from_dict({"train": {"lr_step_epochs": "30,60"}}).train.lr_step_epochs == (30, 60)
 
 
 # --------------------------------------------------------------------------- fuzzing through `flow run`

@@ -9,18 +9,23 @@ import pytest
 import flow
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.events import (BatchEnd, CheckpointSaved, EpochEnd, NumExamplesBelowRecords, RunFailed, RunFinished,
-                         RunStarted, Validation)
+from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
+                         LearningRateAdjusted, LearningRateChanged,
+                         NumExamplesBelowRecords, RunFailed, RunFinished, RunStarted, Validation)
 from flow.run import open_run
 from tests.fixtures import MXNET_FIXTURES
 from tests.test_metrics import parse_log_regexes
 
 EVENTS = [
     NumExamplesBelowRecords(100, 200, "data/val.rec"),
+    CheckpointsSkipped(3, ["runs/m-0005.params: a", "runs/m-0004.states: b"]),
+    CheckpointUnverified("runs/m-0003.params"),
+    LearningRateAdjusted(0, 0.01),  # as a resumed run starts (here, for the lines, from epoch 0)
     RunStarted(0, 2, ["cpu"], "local", 1000, 4),
     BatchEnd(0, 2, 1234.5678, [("accuracy", 0.5), ("cross-entropy", 1.25)], 0.1, 0),
     EpochEnd(0, [("accuracy", 0.6), ("cross-entropy", 1.0)], 2.5, 64, 4),
     Validation(0, [("accuracy", 0.75), ("cross-entropy", 0.5)], 32),
+    LearningRateChanged(5, 0.001),
     BatchEnd(1, 2, 99.0, [("accuracy", 0.875), ("cross-entropy", 0.25)], 0.1, 0),
     CheckpointSaved(1, "runs/m-0001.params", "runs/m-0001.states"),  # saved beside epoch 1's training
     EpochEnd(1, [("accuracy", 0.9), ("cross-entropy", 0.3)], 2.0, 64, 4),
@@ -30,12 +35,16 @@ EVENTS = [
 LINES = [
     "data.num_examples (100) is less than the 200 records of data/val.rec: the lr schedule counts epochs of 100 "
     "examples, so its epochs end mid-epoch, ahead of the epochs the log shows",
+    "resuming from epoch 3, the newest checkpoint that verifies; skipped: runs/m-0005.params: a; runs/m-0004.states: b",
+    "runs/m-0003.params: no checksums to verify (written by a flow from before them); loaded as it is",
+    "Adjust learning rate to 1.000000e-02 for epoch 0",
     "Epoch[0] Batch [0-2]\tSpeed: 1234.57 samples/sec\taccuracy=0.500000\tcross-entropy=1.250000",
     "Epoch[0] Train-accuracy=0.600000",
     "Epoch[0] Train-cross-entropy=1.000000",
     "Epoch[0] Time cost=2.500",
     "Epoch[0] Validation-accuracy=0.750000",
     "Epoch[0] Validation-cross-entropy=0.500000",
+    "Update[5]: Change learning rate to 1.00000e-03",
     "Epoch[1] Batch [0-2]\tSpeed: 99.00 samples/sec\taccuracy=0.875000\tcross-entropy=0.250000",
     'Saved checkpoint to "runs/m-0001.params"',
     "Epoch[1] Train-accuracy=0.900000",
@@ -70,7 +79,7 @@ async def test_events_become_exactly_mxnets_lines_in_order(caplog):
     await log_run(stream(EVENTS))
     records = flow_records(caplog)
     assert [record.getMessage() for record in records] == LINES
-    assert [record.levelno for record in records] == [logging.WARNING] + [logging.INFO] * (len(LINES) - 1)
+    assert [record.levelno for record in records] == [logging.WARNING] * 3 + [logging.INFO] * (len(LINES) - 3)
 
 
 async def test_the_lines_parse_with_parse_log(caplog):
@@ -84,6 +93,11 @@ async def test_the_lines_parse_with_parse_log(caplog):
         ("0", "0.750000")]
     assert [regexes["time"].match(line).groups() for line in lines if regexes["time"].match(line)] == [
         ("0", "2.500"), ("1", "2.000")]
+    # MXNet's lr lines, read back with the numbers they carry
+    changes = [re.fullmatch(r"Update\[(\d+)\]: Change learning rate to (\S+)", line) for line in lines]
+    assert [(int(m[1]), float(m[2])) for m in changes if m] == [(5, 0.001)]
+    adjusts = [re.fullmatch(r"Adjust learning rate to (\S+) for epoch (\d+)", line) for line in lines]
+    assert [(float(m[1]), int(m[2])) for m in adjusts if m] == [(0.01, 0)]
 
 
 async def test_a_failed_run_adds_no_line_of_its_own(caplog):
@@ -106,7 +120,7 @@ async def test_progress_bar_follows_the_batch_reports_when_asked(capsys):
 
 async def test_no_progress_bar_without_batches_per_epoch(capsys):
     started = RunStarted(0, 2, ["cpu"], "local", 1000, 0)  # custom data without num_examples
-    await log_run(stream([started, *EVENTS[2:]]), progress=True)
+    await log_run(stream([started, *(event for event in EVENTS if not isinstance(event, RunStarted))]), progress=True)
     assert capsys.readouterr().err == ""
 
 
@@ -118,7 +132,7 @@ def records_config(tmp_path):
                  "image_shape": [3, 32, 32], "num_classes": 10, "batch_size": 50, "num_examples": 100,
                  "data_nthreads": 1},
         "model": {"network": "mlp"},
-        "train": {"num_epochs": 2, "lr": 0.05, "disp_batches": 1},
+        "train": {"num_epochs": 2, "lr": 0.01, "disp_batches": 1},
         "checkpoint": {"model_prefix": str(tmp_path / "model")},
     })
 

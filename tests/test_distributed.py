@@ -112,8 +112,8 @@ async def test_two_processes_with_dist_sync_match_one_process_on_the_whole_batch
         torch.testing.assert_close(dist[name], tensor, atol=1e-5, rtol=0)
     # Only rank 0 writes: one event log, one set of checkpoints.
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == [
-        "model-0001.params", "model-0001.states", "model-0002.params", "model-0002.states",
-        "model-events.msgpack", "model-model.json"]
+        "model-0001.manifest.json", "model-0001.params", "model-0001.states", "model-0002.manifest.json",
+        "model-0002.params", "model-0002.states", "model-events.msgpack", "model-model.json"]
 
 
 async def test_uneven_shards_run_the_same_batches_on_every_rank_as_fit_py_resize_iter(tmp_path):

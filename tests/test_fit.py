@@ -16,7 +16,7 @@ from flow.actors.loader import Batch, EpochEnd
 from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update, Updated
 from flow.errors import FlowError, unwrapped_errors
-from flow.events import EarlyStopped, RunFinished, RunStarted, Validation
+from flow.events import EarlyStopped, LearningRateChanged, RunFinished, RunStarted, Validation
 from flow.fit import FitChannels, FitSettings, fit, slice_bounds, steps_in_flight
 from flow.lr_schedule import build_schedule
 from flow.metric_watch import WatchSettings
@@ -230,7 +230,8 @@ async def test_one_device_runs_epochs_in_order_with_checkpoints_and_validation(a
     assert torch.equal(fakes.saved[1].model_state["weight"], torch.tensor(0.0))
     assert fakes.saved[1].model_spec == {"network": "fake"}
 
-    assert fakes.events == [RunStarted(0, 2, ["cpu"], "local", 1, batches_per_epoch=3)]  # the summary is the caller's to send
+    # the step at epoch 1 is announced at its first update; the summary is the caller's to send
+    assert fakes.events == [RunStarted(0, 2, ["cpu"], "local", 1, batches_per_epoch=3), LearningRateChanged(4, 0.1)]
     assert (summary.epochs, summary.updates) == (2, 6)
 
 

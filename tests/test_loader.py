@@ -266,11 +266,16 @@ async def test_larger_images_are_centre_cropped_and_smaller_ones_refused(tmp_pat
         await collect(numbered(path, batch_size=1, data_shape=(3, 16, 16)))
 
 
-async def test_augmented_batches_have_the_output_shape_and_range_and_repeat_by_seed():
-    level_3 = AugmentSettings(resize=72, rand_crop=True, rand_mirror=True, max_random_h=36, max_random_s=50,
-                              max_random_l=50, max_rotate_angle=10, max_shear_ratio=0.1, max_aspect_ratio=0.25)
+@pytest.mark.parametrize("augmentation", [
+    AugmentSettings(resize=72, rand_crop=True, rand_mirror=True, max_random_h=36, max_random_s=50,
+                    max_random_l=50, max_rotate_angle=10, max_shear_ratio=0.1, max_aspect_ratio=0.25),
+    AugmentSettings(resize=72, random_resized_crop=True, min_random_area=0.08, min_aspect_ratio=0.75,
+                    max_aspect_ratio=4 / 3, brightness=0.4, contrast=0.4, saturation=0.4, pca_noise=0.1,
+                    rand_mirror=True),
+], ids=["level-3", "imagenet"])
+async def test_augmented_batches_have_the_output_shape_and_range_and_repeat_by_seed(augmentation):
     settings = LoaderSettings(path=str(MXNET_FIXTURES / "val.rec"), data_shape=(3, 64, 64), batch_size=25,
-                              nthreads=2, mean=MEAN, std=STD, augment=level_3, seed=11, num_parts=4)
+                              nthreads=2, mean=MEAN, std=STD, augment=augmentation, seed=11, num_parts=4)
     first = batches(await collect(settings, num_epochs=2))
     assert len(first) == 4
     low, high = (0 - np.array(MEAN)) / STD, (255 - np.array(MEAN)) / STD

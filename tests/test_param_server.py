@@ -41,7 +41,7 @@ LIMIT = 10  # seconds; every update here takes milliseconds
 
 def plain_sgd(wd=0.0, mom=0.0):
     settings = UpdaterSettings("sgd", lr=0.1, momentum=mom, nesterov=False, weight_decay=wd, clip_gradient=0.0)
-    return lambda parameters: Updater(parameters, settings)
+    return lambda parameters: Updater(((f"{i}.weight", p) for i, p in enumerate(parameters)), settings)
 
 
 async def start(nursery, weights, make_updater, kv_store="local", reply_size=1):

@@ -13,8 +13,10 @@ import trio
 from flow import checkpoints
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.errors import RecordIOError
-from flow.events import BatchEnd, CheckpointSaved, EpochEnd, RunFailed, RunFinished, RunStarted, Validation
+from flow.errors import CheckpointError, ConfigError, FlowError, RecordIOError
+from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
+                         LearningRateAdjusted, LearningRateChanged, RunFailed,
+                         RunFinished, RunStarted, Validation)
 from flow.run import open_run, train
 from tests.fixtures import MXNET_FIXTURES, REPO_ROOT
 
@@ -105,9 +107,11 @@ async def test_a_run_leaves_torchs_global_rng_as_it_found_it(tmp_path):
     assert torch.equal(torch.get_rng_state(), before)
 
 
-@pytest.mark.parametrize("devices", [["cpu"], ["cpu", "cpu"]])
-async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices):
-    steps = {"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4, "devices": devices}
+@pytest.mark.parametrize("devices, optimizer", [(["cpu"], {}), (["cpu", "cpu"], {}), (["cpu"], {"optimizer": "adam"}),
+                                                (["cpu", "cpu"], {"optimizer": "rmsprop", "centered": True}),
+                                                (["cpu"], {"optimizer": "torch_sgd"})])
+async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices, optimizer):
+    steps = {"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4, "devices": devices, **optimizer}
     await train(small_config(tmp_path / "whole", train=steps), train_data=synthetic_data())
     await train(small_config(tmp_path / "split", train={**steps, "num_epochs": 2}), train_data=synthetic_data())
     await train(small_config(tmp_path / "split", train=steps, checkpoint={"load_epoch": 2}),
@@ -115,6 +119,78 @@ async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices):
     whole, split = final_params(tmp_path / "whole", 4), final_params(tmp_path / "split", 4)
     assert all(torch.equal(whole[name], split[name]) for name in whole)
     assert not torch.equal(final_params(tmp_path / "whole", 2)["fc1.weight"], whole["fc1.weight"])
+
+
+async def test_resume_falls_back_past_a_damaged_newest_checkpoint_says_so_and_stays_bit_for_bit(tmp_path, caplog):
+    steps = {"lr_step_epochs": [1, 2], "lr_factor": 0.5, "num_epochs": 3}
+    await train(small_config(tmp_path / "whole", train=steps), train_data=synthetic_data())
+    await train(small_config(tmp_path / "split", train=steps), train_data=synthetic_data())
+    damaged = tmp_path / "split" / "model-0003.params"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    damaged.write_bytes(bytes(data))
+    caplog.set_level(logging.INFO, logger="flow")
+    config = small_config(tmp_path / "split", train=steps, checkpoint={"resume": True})
+    async with open_run(config, train_data=synthetic_data()) as run:
+        events = run.events()
+        await log_run(run.events())
+    reason = f"{damaged}: its sha256 differs from the one model-0003.manifest.json recorded when it was written"
+    assert [event async for event in events if isinstance(event, CheckpointsSkipped)] == [
+        CheckpointsSkipped(2, [reason + " (damaged since)"])]
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert warnings == [f"resuming from epoch 2, the newest checkpoint that verifies; skipped: {reason} (damaged since)"]
+    whole, split = final_params(tmp_path / "whole", 3), final_params(tmp_path / "split", 3)
+    assert all(torch.equal(whole[name], split[name]) for name in whole)
+
+
+async def test_loading_a_damaged_checkpoint_by_its_epoch_is_one_line_naming_the_file(tmp_path):
+    await train(small_config(tmp_path, train={"num_epochs": 1}), train_data=synthetic_data())
+    states = tmp_path / "model-0001.states"
+    size = len(states.read_bytes())
+    states.write_bytes(states.read_bytes()[:-1])
+    with pytest.raises(CheckpointError) as refused:
+        await train(small_config(tmp_path, checkpoint={"load_epoch": 1}), train_data=synthetic_data())
+    assert str(refused.value).startswith(f"{states}: {size - 1} bytes, but {size} were written (truncated")
+
+
+async def test_a_checkpoint_without_checksums_loads_with_a_warning_event(tmp_path):
+    await train(small_config(tmp_path, train={"num_epochs": 1}), train_data=synthetic_data())
+    (tmp_path / "model-0001.manifest.json").unlink()  # as a flow from before manifests wrote it
+    async with open_run(small_config(tmp_path, checkpoint={"resume": True}), train_data=synthetic_data()) as run:
+        events = [event async for event in run.events()]
+    assert CheckpointUnverified(str(tmp_path / "model-0001.params")) in events
+    assert isinstance(events[-1], RunFinished) and events[-1].epochs == 1
+
+
+class TurnsNaN(torch.nn.Module):
+    """A small net whose buffer turns NaN after `steps` training steps, while its loss stays finite."""
+
+    def __init__(self, steps):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+        self.register_buffer("scale", torch.ones(1))
+        self.steps = steps
+
+    def forward(self, data):
+        if self.training:
+            self.steps -= 1
+            if self.steps < 0:
+                self.scale.fill_(float("nan"))
+        return self.net(data)
+
+
+async def test_a_model_gone_nan_ends_the_run_naming_the_epoch_and_keeps_the_good_checkpoint(tmp_path):
+    config = small_config(tmp_path, train={"num_epochs": 3}, checkpoint={"keep": 1})
+    with pytest.raises(FlowError) as failed:
+        async with open_run(config, model=TurnsNaN(steps=8), train_data=synthetic_data()) as run:  # 6 steps an epoch
+            events = [event async for event in run.events()]
+    assert str(failed.value).startswith(f"{tmp_path / 'model'}-0002.params: not written: the model after Epoch[1] "
+                                        f"has NaN or inf weights (in 'scale')")
+    assert isinstance(events[-1], RunFailed) and [e.epoch for e in events if isinstance(e, CheckpointSaved)] == [1]
+    assert checkpoints.saved_epochs(str(tmp_path / "model")) == [1]
+    assert torch.equal(final_params(tmp_path, 1)["scale"], torch.ones(1))
 
 
 async def test_resume_past_every_step_runs_at_the_reduced_lr(tmp_path):
@@ -125,7 +201,29 @@ async def test_resume_past_every_step_runs_at_the_reduced_lr(tmp_path):
         events = [event async for event in run.events()]
     speeds = [event for event in events if isinstance(event, BatchEnd)]
     assert speeds and all(event.lr == pytest.approx(0.05) for event in speeds)
+    assert events[0] == LearningRateAdjusted(2, pytest.approx(0.05))  # fit.py's line, before RunStarted
+    assert not any(isinstance(event, LearningRateChanged) for event in events)
     assert isinstance(events[-1], RunFinished) and events[-1].updates == 18
+
+
+async def test_each_lr_step_is_announced_at_its_first_update(tmp_path):
+    config = small_config(tmp_path, train={"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4,
+                                           "warmup_epochs": 0.5})
+    async with open_run(config, train_data=synthetic_data()) as run:
+        events = [event async for event in run.events()]
+    assert [event for event in events if isinstance(event, (LearningRateChanged, LearningRateAdjusted))] == [
+        LearningRateChanged(7, 0.05), LearningRateChanged(19, 0.025)]  # 6 updates an epoch; none in warmup
+
+
+async def test_resuming_sgd_from_torch_s_optimizer_state_is_refused(tmp_path):
+    await train(small_config(tmp_path, train={"optimizer": "torch_sgd", "num_epochs": 1}), train_data=synthetic_data())
+    with pytest.raises(ConfigError, match='trained with train.optimizer = .torch_sgd.: resume it with that'):
+        await train(small_config(tmp_path, checkpoint={"load_epoch": 1}), train_data=synthetic_data())
+
+
+async def test_a_multiplier_pattern_that_matches_nothing_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.lr_mult: pattern 'fc9.\*' matches no parameter name .*fc1.weight"):
+        await train(small_config(tmp_path, train={"lr_mult": {"fc9.*": 2}}), train_data=synthetic_data())
 
 
 async def test_events_in_order_with_checkpoints_and_validation(tmp_path):
@@ -296,8 +394,12 @@ async def test_fine_tune_from_a_checkpoint_keeps_the_body_and_replaces_the_class
 
 
 @pytest.mark.parametrize("train_options", [{"precision": "bf16"}, {"optimizer": "adam", "lr": 0.01},
-                                           {"nesterov": True, "clip_gradient": 0.1, "lr_schedule": "cosine",
-                                            "warmup_epochs": 0.5}])
+                                           {"optimizer": "torch_sgd", "nesterov": True, "clip_gradient": 0.1,
+                                            "lr_schedule": "cosine", "warmup_epochs": 0.5},
+                                           {"optimizer": "nag", "lr_schedule": "pow", "lr_mult": {"fc3.*": 2.0}},
+                                           {"optimizer": "adagrad", "lr_schedule": "factor", "warmup_mode": "constant",
+                                            "warmup_epochs": 0.5, "warmup_begin_lr": 0.01},
+                                           {"optimizer": "adadelta", "wd_mult": {"*.bias": 1.0}}])
 async def test_optimizer_and_precision_options_train(tmp_path, train_options):
     result = await train(small_config(tmp_path, train=train_options), train_data=synthetic_data())
     assert result.updates == 12 and 0 <= result.train_metrics[0][1] <= 1
