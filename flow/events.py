@@ -87,6 +87,7 @@ class EpochEnd:
     seconds: float
     samples: int
     batches: int
+    lr: float = 0.0  # the epoch's last update's (0 in an older log)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,31 @@ class NonFiniteUpdatesSkipped:
 
 
 @dataclass(frozen=True)
+class BestCheckpointSaved:
+    """`{model_prefix}-best.params/.states` now hold the model after `epoch`, whose validation `metric`
+    is the best so far."""
+
+    epoch: int  # epochs completed, as CheckpointSaved numbers them
+    metric: str
+    value: float
+    params_path: str
+    states_path: str
+
+
+@dataclass(frozen=True)
+class EarlyStopped:
+    """The run stops after `epoch` (counting from 0, as the log lines): its validation `metric` has not
+    improved by more than `min_delta` for `patience` epochs, since `best` at epoch `best_epoch`."""
+
+    epoch: int
+    metric: str
+    best: float
+    best_epoch: int
+    patience: int
+    min_delta: float
+
+
+@dataclass(frozen=True)
 class RunFinished:
     epochs: int  # epochs run (not counting those a resume skipped)
     updates: int  # optimizer updates in all, including those before a resume
@@ -136,8 +162,9 @@ class MonitorStatistics:
 
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
                                              CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
-                                             BatchEnd, EpochEnd, Validation, CheckpointSaved,
-                                             RunFinished, RunFailed, MonitorStatistics, NonFiniteUpdatesSkipped)}
+                                             BatchEnd, EpochEnd, Validation, CheckpointSaved, BestCheckpointSaved,
+                                             EarlyStopped, RunFinished, RunFailed, MonitorStatistics,
+                                             NonFiniteUpdatesSkipped)}
 
 
 def event_to_dict(event) -> dict:

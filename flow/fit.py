@@ -3,11 +3,16 @@
 For each epoch: take the loader's batches, hand each device its slice (forward_backward), have the
 parameter server apply the update, pass outputs to the metric actor, then ask for a checkpoint
 and run validation. It holds no tensors of its own beyond the batch in hand.
+
+With a watch (flow.metric_watch: the best checkpoint, early stopping) it also waits for each
+epoch's validation figures from the metric actor, and decides from them whether to save the best
+checkpoint and whether to stop.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -22,7 +27,8 @@ from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update
 from flow import channels as hand_off
 from flow.errors import FlowError
-from flow.events import LearningRateChanged, NonFiniteUpdatesSkipped, RunFinished, RunStarted
+from flow.events import EarlyStopped, LearningRateChanged, NonFiniteUpdatesSkipped, RunFinished, RunStarted
+from flow.metric_watch import MetricWatch, WatchSettings
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class FitSettings:
     model_spec: dict | None
     batches_per_epoch: int  # for RunStarted (the console's progress bar); 0 when unknown
     steps_in_flight: int  # steps sent ahead of their results (`steps_in_flight()`)
+    watch: WatchSettings | None = None  # None: validation figures are only reported
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class FitChannels:
     outputs: trio.MemorySendChannel  # to the metric actor
     saves: trio.MemorySendChannel | None  # to the checkpoint actor
     events: trio.MemorySendChannel
+    validations: trio.MemoryReceiveChannel | None = None  # each Validation from the metric actor (with a watch)
 
 
 def slice_bounds(batch_size: int, num_devices: int) -> list[tuple[int, int]]:
@@ -191,8 +199,10 @@ class _Loop:
         seconds = time.perf_counter() - start if training else 0.0
         await self.channels.outputs.send(SplitEnd(split, epoch, index, samples, seconds))
 
-    async def save(self, epoch: int) -> None:
-        """Hands the checkpoint actor the model after `epoch` (from the first replica) and the updater's state."""
+    async def save(self, epoch: int, extra_states: dict | None = None, *, periodic: bool = True,
+                   best: tuple[str, float] | None = None) -> None:
+        """Hands the checkpoint actor the model after `epoch` (from the first replica) and the updater's state
+        (with `extra_states`): as checkpoint epoch + 1 when `periodic`, and as the best one with `best`."""
         replica_send, replica_receive = trio.open_memory_channel(1)
         weights, self.unloaded_weights[0] = self.unloaded_weights[0], None
         await self.channels.work[0].send(SnapshotRequest(weights, replica_send))
@@ -203,8 +213,11 @@ class _Loop:
             await self.channels.server_requests.send(StateRequest(server_send))
             updater_state = await server_receive.receive()
         states = {"epoch": epoch + 1, "num_update": self.num_update, "seed": self.settings.seed,
-                  "updater": updater_state}
-        await self.channels.saves.send(Save(epoch + 1, replica.model, states, self.settings.model_spec))
+                  "updater": updater_state, **(extra_states or {})}
+        if periodic:
+            await self.channels.saves.send(Save(epoch + 1, replica.model, states, self.settings.model_spec))
+        if best is not None:
+            await self.channels.saves.send(Save(epoch + 1, replica.model, states, self.settings.model_spec, best))
 
     @staticmethod
     async def _next(channel: trio.MemoryReceiveChannel, what: str):
@@ -214,15 +227,58 @@ class _Loop:
             raise FlowError(f"the {what} data ended before the epoch did") from None
 
 
+class _Watches:
+    """The best checkpoint's watch (any improvement) and early stopping's (by more than min_delta) of
+    one validation metric, carried on from the resumed checkpoint's states."""
+
+    def __init__(self, settings: WatchSettings):
+        self.settings = settings
+        self.best = MetricWatch(settings.metric, settings.mode)
+        self.early_stop = MetricWatch(settings.metric, settings.mode, settings.min_delta)
+        resumed = settings.resumed or {}
+        self.best.resume(resumed.get("best"))
+        self.early_stop.resume(resumed.get("early_stop"))
+
+    def states(self) -> dict:
+        """For the checkpoint's .states: {"watch": ...}, which a resumed run's WatchSettings.resumed gets."""
+        return {"watch": {"best": self.best.state(), "early_stop": self.early_stop.state()}}
+
+    def stop_event(self, epoch: int) -> EarlyStopped | None:
+        patience = self.settings.patience
+        if not patience or self.early_stop.stale_epochs < patience:
+            return None
+        best = math.nan if self.early_stop.best is None else self.early_stop.best
+        return EarlyStopped(epoch, self.settings.metric, best, self.early_stop.best_epoch, patience,
+                            self.settings.min_delta)
+
+
 async def _fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
     loop = _Loop(settings, channels)
+    watches = _Watches(settings.watch) if settings.watch is not None else None
     start = time.perf_counter()
     await channels.events.send(RunStarted(settings.begin_epoch, settings.num_epochs, list(settings.devices),
                                           settings.kv_store, settings.num_parameters, settings.batches_per_epoch))
+    epochs = 0
     for epoch in range(settings.begin_epoch, settings.num_epochs):
         await loop.run_epoch(epoch, training=True)
-        if channels.saves is not None and (epoch + 1) % settings.checkpoint_period == 0:
-            await loop.save(epoch)
-        if channels.val_batches is not None:
-            await loop.run_epoch(epoch, training=False)
-    return RunFinished(settings.num_epochs - settings.begin_epoch, loop.num_update, time.perf_counter() - start)
+        epochs += 1
+        if watches is None:
+            if channels.saves is not None and (epoch + 1) % settings.checkpoint_period == 0:
+                await loop.save(epoch)
+            if channels.val_batches is not None:
+                await loop.run_epoch(epoch, training=False)
+            continue
+        # With a watch the checkpoint waits for the validation, so that its states hold the watches after
+        # it and a run resumed from it decides as this one would have.
+        await loop.run_epoch(epoch, training=False)
+        validation = await channels.validations.receive()
+        improved = watches.best.observe(epoch, validation.metrics)
+        watches.early_stop.observe(epoch, validation.metrics)
+        periodic = (epoch + 1) % settings.checkpoint_period == 0
+        best = (settings.watch.metric, watches.best.best) if improved and settings.watch.best_checkpoint else None
+        if channels.saves is not None and (periodic or best):
+            await loop.save(epoch, watches.states(), periodic=periodic, best=best)
+        if (stop := watches.stop_event(epoch)) is not None:
+            await channels.events.send(stop)
+            break
+    return RunFinished(epochs, loop.num_update, time.perf_counter() - start)

@@ -76,6 +76,7 @@ class Run:
         self._result = RunResult()
         self.error: BaseException | None = None  # what made the run fail, if it did
         self._tracker = self.events()
+        self._training_scope = trio.CancelScope()  # the training actors'
 
     def events(self, max_buffer: int = 1024, policy: str = "block") -> Subscription:
         """Every event from now on. Call it before the first await inside `open_run` to see RunStarted.
@@ -96,6 +97,18 @@ class Run:
 
     def cancel(self) -> None:
         self._cancel_scope.cancel()
+
+    async def _log(self, logger: Callable, subscription: Subscription) -> None:
+        """Runs a logger on its subscription; one that fails ends the run with its error, as an actor would
+        (training is cancelled and the stream ends with RunFailed)."""
+        try:
+            await logger(subscription)
+        except Exception as error:
+            if self.error is None:
+                self.error = error
+            self._training_scope.cancel()
+        finally:
+            subscription.close()  # a logger gone never holds the bus back
 
     async def _track(self) -> None:
         async for event in self._tracker:
@@ -127,6 +140,8 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
         async with trio.open_nursery() as nursery:
             run = Run(nursery.cancel_scope, plan.subscriptions)
             nursery.start_soon(run._track)
+            for logger in plan.loggers:
+                nursery.start_soon(run._log, logger, run.events())
             event_send, event_receive = trio.open_memory_channel(0)
             log = EventLogWriter(event_log_path(config.checkpoint.model_prefix)) if plan.writes_files else None
             nursery.start_soon(bus, event_receive, plan.subscriptions, log)
@@ -163,6 +178,8 @@ class _Plan:
     cluster: Cluster
     writes_files: bool  # checkpoints and the event log: one process writes them (rank 0)
     warnings: list  # events published before training starts (warnings, fit.py's resume line)
+    watch: object  # flow.metric_watch.WatchSettings, or None: the fit loop watches no validation metric
+    loggers: list  # [log]'s loggers, each an async function of a subscription (one process runs them: rank 0)
     subscriptions: list[Subscription] = field(default_factory=list)
 
 
@@ -210,19 +227,23 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         train_loader = dataclasses.replace(train_loader, num_parts=cluster.world_size, part_index=cluster.rank,
                                            epoch_batches=epoch_size)
 
-    begin_update, updater_state, model_state = 0, None, None
+    begin_update, updater_state, model_state, resumed_watch = 0, None, None, None
     if begin_epoch:
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
         loaded = resumed or checkpoints.read_checkpoint(saving.model_prefix, begin_epoch)
         model_state, begin_update = loaded.model_state, loaded.states["num_update"]
-        updater_state = loaded.states["updater"]
+        updater_state, resumed_watch = loaded.states["updater"], loaded.states.get("watch")
         if begin_update is None:  # imported from MXNet, which counts no updates: as fit.py, epochs x epoch size
             begin_update = begin_epoch * epoch_size
         if not loaded.verified and cluster.rank == 0:
             warnings.append(CheckpointUnverified(str(checkpoints.params_path(saving.model_prefix, begin_epoch))))
     if skipped and cluster.rank == 0:
         warnings.append(CheckpointsSkipped(begin_epoch, skipped))
+    watch = builders.watch_settings(config, resumed_watch)
+    if watch is not None and val_loader is None and val_data is None:
+        key = "checkpoint.best_metric" if config.checkpoint.best_metric else "train.early_stop_patience"
+        raise ConfigError(f"{key}: watches the validation metric, but there is no validation data (data.data_val)")
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
@@ -236,7 +257,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         warnings.append(LearningRateAdjusted(begin_epoch, resumed_lr))
     return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
                  train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
-                 writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings)
+                 writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings, watch=watch,
+                 loggers=builders.loggers(config.log) if cluster.rank == 0 else [])
 
 
 def _resume_point(saving: CheckpointConfig) -> tuple[checkpoints.Checkpoint | None, list[str]]:
@@ -363,10 +385,14 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
         for warning in plan.warnings:
             await event_send.send(warning)
         try:
-            async with trio.open_nursery() as nursery:
-                fit_summary = await _start_actors(nursery, config, plan, loss, actor_event_send)
+            with run._training_scope:
+                async with trio.open_nursery() as nursery:
+                    fit_summary = await _start_actors(nursery, config, plan, loss, actor_event_send)
         except Exception as error:
-            run.error = first_cause(error)
+            run.error = run.error or first_cause(error)
+            await event_send.send(RunFailed(type(run.error).__name__, str(run.error)))
+            return
+        if run.error is not None:  # a logger failed, and cancelled the actors
             await event_send.send(RunFailed(type(run.error).__name__, str(run.error)))
             return
         await event_send.send(fit_summary.receive_nowait())
@@ -394,7 +420,11 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         return updater
 
     output_send, output_receive = trio.open_memory_channel(config.data.prefetch + 2)
-    nursery.start_soon(metrics, builders.metric_settings(config), output_receive, actor_event_send())
+    validation_send = validation_receive = None
+    if plan.watch is not None:  # the fit loop waits for each validation's figures
+        validation_send, validation_receive = trio.open_memory_channel(1)
+    nursery.start_soon(metrics, builders.metric_settings(config), output_receive, actor_event_send(),
+                       validation_send)
     save_send = None
     if plan.writes_files:
         save_send, save_receive = trio.open_memory_channel(1)
@@ -413,7 +443,7 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
                                      begin_update=plan.begin_update,
                                      num_parameters=sum(p.numel() for p in plan.model.parameters()),
                                      schedule=plan.schedule, model_spec=plan.model_spec,
-                                     batches_per_epoch=plan.batches_per_epoch)
+                                     batches_per_epoch=plan.batches_per_epoch, watch=plan.watch)
     # Sized so that neither the loop nor a device ever waits on the other to make room.
     in_flight = settings.steps_in_flight
     result_send, result_receive = trio.open_memory_channel(in_flight * len(devices))
@@ -427,28 +457,38 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
                             result_send.clone(), None if server else make_updater)
     result_send.close()
 
+    # The loaders are stopped once the fit loop is done: an early stop leaves them with epochs to send.
+    data_scopes: list[trio.CancelScope] = []
+
+    async def data_actor(actor: Callable, *args) -> None:
+        with trio.CancelScope() as scope:
+            data_scopes.append(scope)
+            await actor(*args)
+
     epochs = config.train.num_epochs - plan.begin_epoch
     train_send, train_receive = trio.open_memory_channel(0 if plan.train_loader is not None else in_flight)
     if plan.train_loader is not None:
-        nursery.start_soon(loader_actor.loader, plan.train_loader, plan.train_records, train_send,
+        nursery.start_soon(data_actor, loader_actor.loader, plan.train_loader, plan.train_records, train_send,
                            plan.begin_epoch, epochs)
     else:
-        nursery.start_soon(feed, plan.train_data, train_send, plan.begin_epoch, epochs)
+        nursery.start_soon(data_actor, feed, plan.train_data, train_send, plan.begin_epoch, epochs)
     val_receive = None
     if plan.val_loader is not None or plan.val_data is not None:
         val_send, val_receive = trio.open_memory_channel(0)
         if plan.val_loader is not None:
-            nursery.start_soon(loader_actor.loader, plan.val_loader, plan.val_records, val_send,
+            nursery.start_soon(data_actor, loader_actor.loader, plan.val_loader, plan.val_records, val_send,
                                plan.begin_epoch, epochs)
         else:
-            nursery.start_soon(feed, plan.val_data, val_send, plan.begin_epoch, epochs)
+            nursery.start_soon(data_actor, feed, plan.val_data, val_send, plan.begin_epoch, epochs)
 
     channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
-                           server_reply_receive, output_send, save_send, actor_event_send())
+                           server_reply_receive, output_send, save_send, actor_event_send(), validation_receive)
     summary_send, summary_receive = trio.open_memory_channel(1)
 
     async def fit_and_report() -> None:
         summary_send.send_nowait(await fit(settings, channels))
+        for scope in data_scopes:  # started long before: the fit loop took their batches
+            scope.cancel()
 
     nursery.start_soon(fit_and_report)
     return summary_receive

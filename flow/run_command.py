@@ -184,6 +184,8 @@ def argument_lines(config, width: int = 100) -> list[str]:
         always = ALWAYS_LOGGED.get(section_field.name, ())
         items = [f"{f.name}={getattr(section, f.name)!r}" for f in dataclasses.fields(section)
                  if f.name in always or getattr(section, f.name) != getattr(defaults, f.name)]
+        if not items:  # a section all at its defaults with nothing always shown ([log]: no logger)
+            continue
         head = f"[{section_field.name}]"
         rows: list[list[str]] = [[]]
         for item in items:
