@@ -142,13 +142,9 @@ class BatchBuilder:
             encoded = memory[begin:end] if begin >= 0 else table.joined[position]
             slot = images[index]
             try:
-                if direct:
-                    try:
-                        if decode(encoded, out=slot, max_pixels=max_pixels).shape == slot.shape:
-                            continue
-                    except (ImageError, ValueError):
-                        pass  # larger than the slot (or corrupt: the decode below says so)
-                augment.place(decode(encoded, max_pixels=max_pixels), params, index, options, slot)
+                image = decode(encoded, out=slot if direct else None, max_pixels=max_pixels)
+                if image is not slot:  # another size than the output, or reshaped on its way
+                    augment.place(image, params, index, options, slot)
             except ImageError as error:
                 if not self.settings.skip_bad_records:
                     raise records.image_error(position, error.message) from None
