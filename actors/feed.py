@@ -18,12 +18,18 @@ from flow.errors import FlowError
 
 
 async def feed(source: AsyncIterable | Callable[[int], AsyncIterable], send_channel: trio.MemorySendChannel,
-               begin_epoch: int = 0, num_epochs: int = 1) -> None:
+               begin_epoch: int = 0, num_epochs: int = 1, begin_batch: int = 0) -> None:
+    """`begin_batch`: of the first epoch, the batches from this one on (a run stopped mid-epoch
+    resumes there); the source's earlier ones are taken and dropped, so it must repeat its epochs."""
     with send_channel:  # sync close: an async one could let Cancelled hide our error
         for epoch in range(begin_epoch, begin_epoch + num_epochs):
             batches = source(epoch) if callable(source) else source
+            skip = begin_batch if epoch == begin_epoch else 0
             index = samples = 0
             async for item in batches:
+                if index < skip:
+                    index += 1
+                    continue
                 batch = item if isinstance(item, Batch) else _as_batch(epoch, index, item)
                 await hand_off.send(send_channel, batch)
                 index += 1

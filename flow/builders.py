@@ -84,11 +84,11 @@ def checkpoint_settings(saving: CheckpointConfig) -> CheckpointSettings:
 
 
 def fit_settings(config: Config, *, server: bool, begin_epoch: int, begin_update: int, num_parameters: int,
-                 schedule, model_spec: dict | None, batches_per_epoch: int) -> FitSettings:
+                 schedule, model_spec: dict | None, batches_per_epoch: int, begin_batch: int = 0) -> FitSettings:
     """The fit loop's, where the run starts (`begin_*`, from the checkpoint it resumes) and what it trains;
     `server`: a parameter server updates the weights (several devices or processes)."""
     train, data = config.train, config.data
     sample_bytes = math.prod(data.image_shape) * (1 if data.layout == "uint8_nhwc" else 4)
     return FitSettings(begin_epoch, train.num_epochs, train.devices, train.kv_store, config.checkpoint.period,
                        train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch,
-                       steps_in_flight(server, data.batch_size * sample_bytes))
+                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch)

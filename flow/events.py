@@ -101,11 +101,23 @@ class CheckpointSaved:
     epoch: int
     params_path: str
     states_path: str
+    batch: int = 0  # a stopped run's mid-epoch checkpoint: batches of Epoch[epoch] done; 0: after Epoch[epoch - 1]
 
 
 @dataclass(frozen=True)
 class RunFinished:
     epochs: int  # epochs run (not counting those a resume skipped)
+    updates: int  # optimizer updates in all, including those before a resume
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RunStopped:
+    """The run stopped on request (`run.stop()`, or SIGINT/SIGTERM in `flow run`) after its current step,
+    at Epoch[epoch] Batch[batch] (batch 0: at the epoch's start), its checkpoint saved there."""
+
+    epoch: int
+    batch: int
     updates: int  # optimizer updates in all, including those before a resume
     seconds: float
 
@@ -119,7 +131,7 @@ class RunFailed:
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
                                              CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
                                              BatchEnd, EpochEnd, Validation, CheckpointSaved,
-                                             RunFinished, RunFailed)}
+                                             RunFinished, RunStopped, RunFailed)}
 
 
 def event_to_dict(event) -> dict:
