@@ -27,7 +27,8 @@ from typing import AsyncIterable
 from tqdm import tqdm
 
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
-                         LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, Validation)
+                         LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, RunStopped,
+                         Validation)
 from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
 
@@ -78,6 +79,8 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
                     log.info(validation_line(event.epoch, name, value))
             elif isinstance(event, CheckpointSaved):  # written beside training: the next epoch's bar may be up
                 _write(bar, checkpoint_line(event.params_path))
+            elif isinstance(event, RunStopped):
+                _write(bar, f"Stopped on request at Epoch[{event.epoch}] Batch[{event.batch}]; resume goes on from there")
     finally:
         if bar is not None:
             bar.close()
