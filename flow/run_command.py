@@ -167,12 +167,14 @@ async def train_with_console(config) -> int | None:
 
     from flow.console import log_run
     from flow.run import open_run
-    from flow.stop_signals import STOP_SIGNALS, SignalStop
+    from flow.errors import unwrapped_errors
+    from flow.stop_signals import SignalStop, stop_signal_receiver
 
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    with stop_signal_receiver() as signals, unwrapped_errors():  # the run's error as itself, not in a group
         async with trio.open_nursery() as nursery:
             stop = SignalStop(nursery.cancel_scope)
-            nursery.start_soon(stop.watch, signals)
+            if signals is not None:
+                nursery.start_soon(stop.watch, signals)
             async with open_run(config) as run:
                 stop.attach(run)
                 await log_run(run.events(policy="block"))  # "block": training waits for the console rather than lose a line

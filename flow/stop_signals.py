@@ -9,15 +9,25 @@ stays intact either way.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import threading
 
 import trio
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def stop_signal_receiver():
+    """`trio.open_signal_receiver(*STOP_SIGNALS)`, or, off the main thread (which alone receives
+    signals: a program that runs the CLI in a thread of its own), a context giving None."""
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
+    return trio.open_signal_receiver(*STOP_SIGNALS)
+
+
 class SignalStop:
-    """Watches for the stop signals (inside `trio.open_signal_receiver(*STOP_SIGNALS)`) and stops the
+    """Watches for the stop signals (from `stop_signal_receiver()`) and stops the
     run given to `attach`; `cancel_scope` is what a second signal cancels. `signal`: the first one
     received, which the process's exit status reports (None: none came)."""
 
