@@ -1,4 +1,5 @@
 """The checkpoint actor: writes each Save it receives, keeps the last `keep`, announces CheckpointSaved.
+A Save marked `best` goes to the best checkpoint instead (`keep` never removes it): BestCheckpointSaved.
 
 Writing happens in a worker thread, so training goes on while the files are written; the
 channel into this actor is bounded, so a slow disk holds training back rather than memory.
@@ -17,7 +18,7 @@ import trio
 
 from flow import checkpoints
 from flow.errors import FlowError
-from flow.events import CheckpointSaved
+from flow.events import BestCheckpointSaved, CheckpointSaved
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Save:
     states: dict
     model_spec: dict | None
     batch: int = 0  # batches of the next epoch done: a stopped run's mid-epoch checkpoint; 0: a whole epoch's
+    best: tuple[str, float] | None = None  # (metric, value): the best validation so far, for {prefix}-best
 
 
 async def checkpoint(settings: CheckpointSettings, save_channel: trio.MemoryReceiveChannel,
@@ -41,6 +43,13 @@ async def checkpoint(settings: CheckpointSettings, save_channel: trio.MemoryRece
     with save_channel, event_channel:  # sync close: an async one could let Cancelled hide our error
         await trio.to_thread.run_sync(checkpoints.remove_leftovers, prefix)
         async for save in save_channel:
+            if save.best is not None:
+                await trio.to_thread.run_sync(checkpoints.save_best_checkpoint, prefix, save.model_state, save.states,
+                                              save.model_spec)
+                await event_channel.send(BestCheckpointSaved(save.epoch, *save.best,
+                                                             str(checkpoints.best_params_path(prefix)),
+                                                             str(checkpoints.best_states_path(prefix))))
+                continue
             await trio.to_thread.run_sync(_write, settings, save)
             await event_channel.send(CheckpointSaved(
                 save.epoch, str(checkpoints.params_path(prefix, save.epoch, save.batch)),

@@ -10,6 +10,7 @@ done) keeps the two from racing.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -18,9 +19,13 @@ import torch
 import trio
 
 from flow import channels as hand_off
+from flow.events import MonitorStatistics
+from flow.errors import FlowError, NonFiniteLossError
 from flow.metrics import create_metric
+from flow.monitor import Monitor
 from flow.optim import Updater
 from flow.seeding import derive_seed
+from flow.user_code import user_code_error
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,9 @@ class ComputeSettings:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     metrics: tuple[str, ...] = ("accuracy",)  # whose statistics each step computes (flow.metrics names)
     top_k: int = 0
+    monitor: int = 0  # MXNet's Monitor every this many training batches, on replica 0 (flow/monitor.py); 0: off
+    monitor_pattern: str = ".*"  # the names it watches (re.match)
+    skip_nonfinite: bool = False  # a NaN/inf loss skips the step's update (else it ends the run)
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,7 @@ class TrainSlice:
     scale: float  # 1 / real samples in the whole batch: the update averages over the global batch
     lr: float  # of this step's update, for a replica that owns the updater
     weights: list[torch.Tensor] | None  # newest master weights to load first (None: loaded already)
+    batch: int = 0  # the batch's index in its epoch, for errors
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,16 @@ class EvalSlice:
     label: torch.Tensor
     samples: int  # as TrainSlice's
     weights: list[torch.Tensor] | None  # as TrainSlice's
+    epoch: int = 0  # for errors, as TrainSlice's batch
+    batch: int = 0
+
+
+@dataclass(frozen=True)
+class PredictSlice:
+    """One device's slice of a batch to predict (flow predict): forward only, its probabilities back."""
+
+    data: torch.Tensor
+    samples: int  # real samples: the first rows, whose probabilities come back (the rest are pads)
 
 
 @dataclass(frozen=True)
@@ -76,12 +95,20 @@ class TrainResult:
     replica: int
     statistics: tuple | None  # the metrics' statistics of the slice's real samples (None: it has none)
     gradients: list[torch.Tensor | None] | None
+    nonfinite_loss: bool = False  # the loss was NaN or inf: no update was made, or is to be made
+    monitor: MonitorStatistics | None = None  # on the batches the monitor watches
 
 
 @dataclass(frozen=True)
 class EvalResult:
     replica: int
     statistics: tuple | None  # as TrainResult's
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    replica: int
+    probabilities: torch.Tensor  # float32 on the CPU, (samples, classes): softmax of the real samples' outputs
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,8 @@ class ReplicaState:
     updater: dict | None  # the updater's state_dict; None when the parameter server holds it
     random: RandomState | None = None
 
+
+_UNMONITORED = contextlib.nullcontext()  # one for every batch the monitor skips: nothing to allocate
 
 
 class _Replica:
@@ -121,7 +150,11 @@ class _Replica:
         # Each step's metric statistics are computed here, beside the outputs, so that only a few
         # numbers travel to the metric actor and the Trio thread does no array work a step.
         self.metric = create_metric(settings.metrics, settings.top_k)
-        self.steps = {TrainSlice: self.train_step, EvalSlice: self.eval_step, SnapshotRequest: self.snapshot}
+        # As MXNet monitors its first executor; None when off, so that a step without it tests one attribute.
+        self.monitor = (Monitor(self.model, settings.monitor, settings.monitor_pattern)
+                        if settings.monitor and settings.replica == 0 else None)
+        self.steps = {TrainSlice: self.train_step, EvalSlice: self.eval_step, PredictSlice: self.predict_step,
+                      SnapshotRequest: self.snapshot}
 
     def autocast(self):
         if self.settings.precision == "bf16":
@@ -147,33 +180,67 @@ class _Replica:
             self.random.seed(derive_seed(self.settings.seed, "compute", work.epoch, self.settings.replica))
             self.seeded_epoch = work.epoch
         self.load(work.weights)
+        monitored = None if self.monitor is None else self.monitor.tic()
         if not self.model.training:
             self.model.train()
         data = self.inputs(work.data)
         label = work.label.to(self.device, non_blocking=True)
         for parameter in self.parameters:
             parameter.grad = None
-        with self.autocast():
-            logits = self.model(data)
-        loss = self.loss_fn(logits.float(), label)
-        if work.weight is not None:
-            loss = loss * work.weight.to(self.device, non_blocking=True)
-        loss.sum().backward()
+        stage = "the model"  # whose code raised, for the error
+        try:
+            with self.autocast(), monitored or _UNMONITORED:  # the monitor's hooks record the outputs
+                logits = self.model(data)
+            stage = "the loss"
+            loss = self.loss_fn(logits.float(), label)
+            if work.weight is not None:
+                loss = loss * work.weight.to(self.device, non_blocking=True)
+            loss_sum = loss.sum()
+            stage = "the model's backward"
+            loss_sum.backward()
+        except FlowError:  # flow's own error, met inside the user's code: already one line
+            raise
+        except (Exception, SystemExit) as error:  # SystemExit too: the model's exit() ends the run, not the process
+            raise user_code_error(error, stage, f"training Epoch[{work.epoch}] Batch[{work.batch}]") from error
+        # One number to the host a step (a GPU synchronizes here, as the metric statistics do anyway).
+        finite = math.isfinite(loss_sum.item())
+        if not finite and not self.settings.skip_nonfinite:
+            raise NonFiniteLossError(f"the loss is {loss_sum.item()} in training Epoch[{work.epoch}] Batch[{work.batch}]; "
+                                     f"stopped before its update (train.skip_nonfinite = true skips such updates)")
+        if monitored is not None:
+            monitored.record_gradients()
         statistics = self.statistics(work.label, logits.detach(), work.samples)
         if self.updater is not None:
-            self.updater.step(work.scale, work.lr)
-            return TrainResult(self.settings.replica, statistics, None)
+            if finite:
+                self.updater.step(work.scale, work.lr)
+            monitor = None if monitored is None else monitored.toc()  # after the update: the new weights
+            return TrainResult(self.settings.replica, statistics, None, not finite, monitor)
         gradients = [None if not p.requires_grad else p.grad if p.grad is not None else torch.zeros_like(p)
                      for p in self.parameters]
-        return TrainResult(self.settings.replica, statistics, gradients)
+        monitor = None if monitored is None else monitored.toc()
+        return TrainResult(self.settings.replica, statistics, gradients, not finite, monitor)
 
     @torch.no_grad()
     def eval_step(self, work: EvalSlice) -> EvalResult:
         self.load(work.weights)
         self.model.eval()
-        with self.autocast():
-            logits = self.model(self.inputs(work.data))
+        data = self.inputs(work.data)
+        try:
+            with self.autocast():
+                logits = self.model(data)
+        except FlowError:
+            raise
+        except (Exception, SystemExit) as error:
+            raise user_code_error(error, "the model", f"validation Epoch[{work.epoch}] Batch[{work.batch}]") from error
         return EvalResult(self.settings.replica, self.statistics(work.label, logits, work.samples))
+
+    @torch.no_grad()
+    def predict_step(self, work: PredictSlice) -> PredictResult:
+        self.model.eval()
+        with self.autocast():  # the whole slice, pads too: each row's outputs as eval_step computes them
+            logits = self.model(self.inputs(work.data))
+        probabilities = torch.softmax(logits[:work.samples].float(), dim=1)
+        return PredictResult(self.settings.replica, probabilities.cpu())
 
     def statistics(self, label: torch.Tensor, logits: torch.Tensor, samples: int) -> tuple | None:
         """The metrics' statistics of the first `samples` rows, on the probabilities (what MXNet's
@@ -248,11 +315,12 @@ async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Ca
                   work_channel: trio.MemoryReceiveChannel, result_channel: trio.MemorySendChannel,
                   make_updater: Callable[[list[torch.Tensor]], Updater] | None = None,
                   random_state: RandomState | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Runs each TrainSlice, EvalSlice and SnapshotRequest it receives in this device's one worker thread,
-    in order, and sends each slice's TrainResult or EvalResult on `result_channel`.
+    """Runs each TrainSlice, EvalSlice, PredictSlice and SnapshotRequest it receives in this device's one
+    worker thread, in order, and sends each slice's TrainResult, EvalResult or PredictResult on `result_channel`.
 
     Messages already queued when the thread is free go in the same thread call, in order.
-    With `make_updater` (one device, no kvstore) the replica updates its own weights each step.
+    With `make_updater` (one device, no kvstore) the replica updates its own weights each step; without
+    it, and fed no TrainSlice, no optimizer is built and `loss_fn` (None will do) is never called.
     `random_state`: where a stopped run's replica left its random draws (a mid-epoch resume).
     Reports started (for `nursery.start`) once the replica and its optimizer are built.
     """

@@ -15,6 +15,7 @@ import trio
 from flow.actors.loader import Batch, EpochEnd
 from flow import channels as hand_off
 from flow.errors import FlowError
+from flow.user_code import user_code_error
 
 
 async def feed(source: AsyncIterable | Callable[[int], AsyncIterable], send_channel: trio.MemorySendChannel,
@@ -23,10 +24,23 @@ async def feed(source: AsyncIterable | Callable[[int], AsyncIterable], send_chan
     resumes there); the source's earlier ones are taken and dropped, so it must repeat its epochs."""
     with send_channel:  # sync close: an async one could let Cancelled hide our error
         for epoch in range(begin_epoch, begin_epoch + num_epochs):
-            batches = source(epoch) if callable(source) else source
             skip = begin_batch if epoch == begin_epoch else 0
             index = samples = 0
-            async for item in batches:
+            try:
+                batches = aiter(source(epoch) if callable(source) else source)
+            except FlowError:  # flow's own error, met inside the user's code: already one line
+                raise
+            except (Exception, SystemExit) as error:
+                raise user_code_error(error, "the custom data source", f"Epoch[{epoch}]") from error
+            while True:
+                try:
+                    item = await anext(batches)
+                except StopAsyncIteration:
+                    break
+                except FlowError:
+                    raise
+                except (Exception, SystemExit) as error:
+                    raise user_code_error(error, "the custom data source", f"Epoch[{epoch}] Batch[{index}]") from error
                 if index < skip:
                     index += 1
                     continue

@@ -44,6 +44,7 @@ class Batch:
     data: torch.Tensor  # float32 NCHW normalized, or uint8 NHWC; the consumer's until it drops every reference
     label: torch.Tensor  # float32, (batch,) or (batch, label_width)
     pad: int  # the last `pad` samples are filler, not part of the epoch (MXNet's DataBatch.pad)
+    ids: np.ndarray | None = None  # uint64: each sample's record IRHeader id (None: synthetic batches)
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,8 @@ async def _send_batches(records: ImageRecords, settings: LoaderSettings, send_ch
         if job.error is not None:
             raise job.error
         building -= 1
-        batch = Batch(job.epoch, job.index, job.data, job.label, job.pad)
-        job.data = job.label = None  # the consumer's now (a worker thread may still hold the job)
+        batch = Batch(job.epoch, job.index, job.data, job.label, job.pad, job.ids)
+        job.data = job.label = job.ids = None  # the consumer's now (a worker thread may still hold the job)
         await send_channel.send(batch)
         tally["batches"] += 1
         tally["samples"] += settings.batch_size - batch.pad

@@ -6,10 +6,13 @@ it batch n's statistics and goes on to batch n+1), and
 reports as MXNet's Speedometer with auto_reset and fit's epoch end: every `disp_batches` batches
 a BatchEnd with the window's speed and local metrics, then each epoch's EpochEnd (global metrics,
 time cost) and Validation. The console (flow.console) turns these into MXNet's log lines.
+With a `validation_channel`, each Validation goes there too: the fit loop's best checkpoint and
+early stopping wait for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import trio
@@ -50,11 +53,14 @@ class SplitEnd:
 
 
 async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveChannel,
-                  event_channel: trio.MemorySendChannel) -> None:
-    with output_channel, event_channel:  # sync close: an async one could let Cancelled hide our error
+                  event_channel: trio.MemorySendChannel,
+                  validation_channel: trio.MemorySendChannel | None = None) -> None:
+    # sync close: an async one could let Cancelled hide our error
+    with output_channel, event_channel, validation_channel or contextlib.nullcontext():
         train_metric = create_metric(settings.metrics, settings.top_k)
         val_metric = create_metric(settings.metrics, settings.top_k)
         window_start, window_first, window_epoch = 0.0, 0, None
+        lr = 0.0  # the last training step's
         while True:
             try:
                 message = await hand_off.receive(output_channel)
@@ -66,6 +72,7 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
                     metric.add(slice_statistics)
                 if message.split != "train":
                     continue
+                lr = message.lr
                 # Speedometer: the first batch of an epoch (batch 0, or where a stopped run resumed)
                 # starts the clock; every disp_batches batches after 0, report the window's speed
                 # and local metrics, then reset them.
@@ -83,8 +90,11 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
                 name_values = train_metric.get_global()
                 train_metric.reset()
                 await event_channel.send(EpochEnd(message.epoch, name_values, message.seconds, message.samples,
-                                                  message.batches))
+                                                  message.batches, lr))
             else:
                 name_values = val_metric.get_global()
                 val_metric.reset()
-                await event_channel.send(Validation(message.epoch, name_values, message.samples))
+                validation = Validation(message.epoch, name_values, message.samples)
+                await event_channel.send(validation)
+                if validation_channel is not None:
+                    await validation_channel.send(validation)

@@ -41,6 +41,7 @@ class Update:
     lr: float
     gradients: list[list[torch.Tensor | None]]
     samples: int  # real samples in this process's batch
+    nonfinite_loss: bool = False  # a replica's loss was NaN or inf: skip the update (in every process)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Updated:
     """The answer to an Update."""
 
     weights: list[torch.Tensor]  # the master weights; replicas copy them, nobody writes them
+    skipped: bool = False  # no update was made: a loss of this process's replicas, or another's, was NaN or inf
 
 
 @dataclass(frozen=True)
@@ -78,25 +80,30 @@ class _Server:
                 total.add_(replica_gradients[position].to(self.device))
             weight.grad = total
             trainable.append(weight)
-        samples = message.samples
+        samples, skip = message.samples, message.nonfinite_loss
         if self.distributed:
-            samples = self._sum_over_processes(message.num_update, [w.grad for w in trainable], samples)
-        self.updater.step(1.0 / samples, message.lr)
-        return Updated([w.detach() for w in self.weights])
+            samples, skip = self._sum_over_processes(message.num_update, [w.grad for w in trainable], samples, skip)
+        if not skip:
+            self.updater.step(1.0 / samples, message.lr)
+        return Updated([w.detach() for w in self.weights], skip)
 
-    def _sum_over_processes(self, num_update: int, gradients: list[torch.Tensor], samples: int) -> int:
-        """Sums the gradients (in place) and the sample counts of every process: one all_reduce a step."""
-        flat = torch.cat([g.reshape(-1) for g in gradients] + [torch.tensor([float(samples)], device=self.device)])
+    def _sum_over_processes(self, num_update: int, gradients: list[torch.Tensor], samples: int,
+                            skip: bool) -> tuple[int, bool]:
+        """Sums the gradients (in place), the sample counts and the skip votes of every process: one
+        all_reduce a step. Any process's vote skips the update in all, so that they stay equal."""
+        counts = torch.tensor([float(samples), float(skip)], device=self.device)
+        flat = torch.cat([g.reshape(-1) for g in gradients] + [counts])
         try:
             torch.distributed.all_reduce(flat)
         except RuntimeError as error:  # gloo / NCCL: a peer crashed, exited or timed out
-            raise DistributedError(f"update {num_update}: the gradient all_reduce failed, so "
-                                   f"another process of the job stopped or hangs ({_reason(error)})") from None
+            raise DistributedError(f"update {num_update}: the gradient all_reduce failed, so another process "
+                                   f"of the job{_peer()} stopped or hangs ({_reason(error)})") from None
         offset = 0
         for gradient in gradients:
             gradient.copy_(flat[offset:offset + gradient.numel()].view_as(gradient))
             offset += gradient.numel()
-        return int(flat[-1].item())
+        total_samples, skips = flat[-2:].tolist()
+        return int(total_samples), skips > 0
 
 
 async def param_server(settings: ServerSettings, initial_weights: list[torch.Tensor],
@@ -115,6 +122,13 @@ async def param_server(settings: ServerSettings, initial_weights: list[torch.Ten
             else:
                 state = await trio.to_thread.run_sync(server.updater.state_dict, limiter=one_thread)
                 await request.reply.send(state)
+
+
+def _peer() -> str:
+    """The other process's rank, when there is only one other (the backends do not say which one failed)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() != 2:
+        return ""
+    return f" (rank {1 - torch.distributed.get_rank()})"
 
 
 def _reason(error: RuntimeError) -> str:

@@ -44,6 +44,7 @@ class BatchJob:
         self.done = trio.Event()
         self.data: torch.Tensor | None = None
         self.label: torch.Tensor | None = None
+        self.ids: np.ndarray | None = None  # the records' IRHeader ids, in the batch's order
         self.error: BaseException | None = None  # what a slice raised; the loader raises it in order
         self.skipped = 0  # real samples left out as bad
 
@@ -102,12 +103,13 @@ class BatchBuilder:
         return True
 
     def complete(self, job: BatchJob) -> None:
-        out, labels = job.out, self.records.labels[job.positions]  # fancy indexing: a fresh label array
+        # fancy indexing: fresh label and id arrays
+        out, labels, ids = job.out, self.records.labels[job.positions], self.records.table.ids[job.positions]
         if job.bad:
             real = len(out) - job.pad
             job.skipped = sum(1 for index in job.bad if index < real)
-            job.pad = move_bad_to_end(out, labels, job.bad, real)
-        job.data, job.label = torch.from_numpy(out), torch.from_numpy(labels)
+            job.pad = move_bad_to_end(out, labels, ids, job.bad, real)
+        job.data, job.label, job.ids = torch.from_numpy(out), torch.from_numpy(labels), ids
         job.out = job.params = None
 
     def fill_slice(self, out: np.ndarray, positions: np.ndarray, start: int, stop: int,
@@ -140,13 +142,9 @@ class BatchBuilder:
             encoded = memory[begin:end] if begin >= 0 else table.joined[position]
             slot = images[index]
             try:
-                if direct:
-                    try:
-                        if decode(encoded, out=slot, max_pixels=max_pixels).shape == slot.shape:
-                            continue
-                    except (ImageError, ValueError):
-                        pass  # larger than the slot (or corrupt: the decode below says so)
-                augment.place(decode(encoded, max_pixels=max_pixels), params, index, options, slot)
+                image = decode(encoded, out=slot if direct else None, max_pixels=max_pixels)
+                if image is not slot:  # another size than the output, or reshaped on its way
+                    augment.place(image, params, index, options, slot)
             except ImageError as error:
                 if not self.settings.skip_bad_records:
                     raise records.image_error(position, error.message) from None
@@ -154,7 +152,7 @@ class BatchBuilder:
         return bad
 
 
-def move_bad_to_end(out: np.ndarray, labels: np.ndarray, bad: list[int], real: int) -> int:
+def move_bad_to_end(out: np.ndarray, labels: np.ndarray, ids: np.ndarray, bad: list[int], real: int) -> int:
     """Reorders a batch so that its good real samples come first; the rest is filler. Returns the new pad."""
     bad_set = set(bad)
     good_real = [index for index in range(real) if index not in bad_set]
@@ -163,8 +161,10 @@ def move_bad_to_end(out: np.ndarray, labels: np.ndarray, bad: list[int], real: i
     if not keep:
         out[...] = 0
         labels[...] = 0
+        ids[...] = 0
         return len(out)
     order = keep + [keep[index % len(keep)] for index in range(len(out) - len(keep))]
     out[...] = out[order]
     labels[...] = labels[order]
+    ids[...] = ids[order]
     return len(out) - len(good_real)

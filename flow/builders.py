@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
+from typing import AsyncIterable, Awaitable, Callable
 
 from flow.actors.checkpoint import CheckpointSettings
 from flow.actors.compute import ComputeSettings
@@ -14,10 +17,13 @@ from flow.actors.loader import LoaderSettings
 from flow.actors.metrics import MetricSettings
 from flow.actors.param_server import ServerSettings
 from flow.augment import AugmentSettings
-from flow.config import CheckpointConfig, Config, DataConfig, TrainConfig
+from flow.config import CheckpointConfig, Config, DataConfig, LogConfig, TrainConfig
+from flow.csv_log import log_csv
 from flow.errors import ConfigError
 from flow.fit import FitSettings, steps_in_flight
+from flow.metric_watch import WatchSettings, watched_metric
 from flow.optim import UpdaterSettings
+from flow.tensorboard_log import log_tensorboard
 
 
 def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
@@ -67,7 +73,7 @@ def updater_settings(train: TrainConfig) -> UpdaterSettings:
 def compute_settings(config: Config, replica: int) -> ComputeSettings:
     train, data = config.train, config.data
     return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std,
-                           train.metrics, train.top_k)
+                           train.metrics, train.top_k, train.monitor, train.monitor_pattern, train.skip_nonfinite)
 
 
 def server_settings(train: TrainConfig) -> ServerSettings:
@@ -83,12 +89,36 @@ def checkpoint_settings(saving: CheckpointConfig) -> CheckpointSettings:
     return CheckpointSettings(saving.model_prefix, saving.keep)
 
 
+def watch_settings(config: Config, resumed: dict | None) -> WatchSettings | None:
+    """The fit loop's watch of the validation metric, when a best checkpoint or early stopping asks for one;
+    `resumed`: the watches' states in the checkpoint the run resumes."""
+    train, saving = config.train, config.checkpoint
+    if not saving.best_metric and not train.early_stop_patience:
+        return None
+    metric, mode = watched_metric(train.metrics, train.top_k, saving.best_metric)
+    return WatchSettings(metric, mode, bool(saving.best_metric), train.early_stop_patience,
+                         train.early_stop_min_delta, resumed)
+
+
 def fit_settings(config: Config, *, server: bool, begin_epoch: int, begin_update: int, num_parameters: int,
-                 schedule, model_spec: dict | None, batches_per_epoch: int, begin_batch: int = 0) -> FitSettings:
+                 schedule, model_spec: dict | None, batches_per_epoch: int, begin_batch: int = 0,
+                 watch: WatchSettings | None = None) -> FitSettings:
     """The fit loop's, where the run starts (`begin_*`, from the checkpoint it resumes) and what it trains;
     `server`: a parameter server updates the weights (several devices or processes)."""
     train, data = config.train, config.data
     sample_bytes = math.prod(data.image_shape) * (1 if data.layout == "uint8_nhwc" else 4)
     return FitSettings(begin_epoch, train.num_epochs, train.devices, train.kv_store, config.checkpoint.period,
                        train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch,
-                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch)
+                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch, watch)
+
+
+def loggers(log: LogConfig) -> list[Callable[[AsyncIterable], Awaitable[None]]]:
+    """The loggers [log] turns on, each an async function of the run's events (a subscription)."""
+    chosen = []
+    if log.csv_file:
+        chosen.append(functools.partial(log_csv, path=log.csv_file))
+    if log.tensorboard_dir:
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("log.tensorboard_dir: needs the tensorboard package: pip install 'flow-fit[tensorboard]'")
+        chosen.append(functools.partial(log_tensorboard, log_dir=log.tensorboard_dir))
+    return chosen

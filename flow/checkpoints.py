@@ -5,6 +5,7 @@ read back with weights_only=True.
     {prefix}-{epoch:04d}.states          optimizer state, update count, epoch, seed
     {prefix}-{epoch:04d}.params          the model's state_dict
     {prefix}-model.json                  what is needed to rebuild the model (flow.models.model_spec)
+    {prefix}-best.manifest.json/.states/.params   the epoch with the best validation metric (checkpoint.best_metric)
 
 A run stopped mid-epoch (flow/fit.py: SIGINT, SIGTERM or `run.stop()`) saves its position as
 `{prefix}-{epoch:04d}-batch{batch:05d}.*`: `epoch` epochs and `batch` batches of the next one done,
@@ -54,6 +55,14 @@ def states_path(prefix: str, epoch: int, batch: int = 0) -> Path:
 
 def manifest_path(prefix: str, epoch: int, batch: int = 0) -> Path:
     return Path(f"{_name(prefix, epoch, batch)}.manifest.json")
+
+
+def best_params_path(prefix: str) -> Path:
+    return Path(f"{prefix}-best.params")
+
+
+def best_states_path(prefix: str) -> Path:
+    return Path(f"{prefix}-best.states")
 
 
 def model_json_path(prefix: str) -> Path:
@@ -106,6 +115,17 @@ def _positions_with_params(prefix: str) -> set[tuple[int, int]]:
     folder, pattern = _folder_and_pattern(prefix, "params")
     names = os.listdir(folder) if folder.is_dir() else []
     return {_position(match) for name in names if (match := pattern.match(name))}
+
+
+def save_best_checkpoint(prefix: str, model_state: dict, states: dict, model_spec: dict | None) -> None:
+    """The best checkpoint, written as save_checkpoint writes an epoch's (`states["epoch"]` says which one it is)."""
+    if model_spec is not None:
+        write_atomically(model_json_path(prefix), json.dumps(model_spec, indent=1).encode())
+    states_bytes, params_bytes = _torch_bytes(states), _torch_bytes(model_state)
+    manifest = {"states": _file_entry(states_bytes), "params": _file_entry(params_bytes)}
+    write_atomically(Path(f"{prefix}-best.manifest.json"), json.dumps(manifest, indent=1).encode())
+    write_atomically(best_states_path(prefix), states_bytes)
+    write_atomically(best_params_path(prefix), params_bytes)
 
 
 def saved_epochs(prefix: str) -> list[int]:

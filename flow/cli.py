@@ -25,6 +25,8 @@ COMMANDS = {
     "im2rec": "flow.im2rec",
     "inspect": "flow.inspect",
     "run": "flow.run_command",
+    "score": "flow.score_command",
+    "predict": "flow.predict_command",
     "events": "flow.events_command",
     "plot": "flow.plot",
     "test-io": "flow.io_speed",
@@ -38,6 +40,9 @@ COMMON_COMMANDS = """\
 common commands:
   flow run train.toml                    train as train.toml says (fit.py's flags work: --lr 0.01)
   flow run train.toml --resume           go on from the newest good checkpoint of checkpoint.model_prefix
+  flow score train.toml --load-epoch 4   checkpoint 4's validation metrics
+  flow predict train.toml --load-epoch 4 --data new.rec -o preds.csv
+                                         each record's id and class probabilities
   flow test-io train.toml                time the data loader alone (fit.py's --test-io)
   flow im2rec --list --recursive data/pets images/
                                          list images/<class>/* into data/pets.lst

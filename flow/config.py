@@ -39,6 +39,14 @@ def _non_negative(value) -> bool:
     return value >= 0
 
 
+def _is_regex(value) -> bool:
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
 def _fraction(value) -> bool:
     return 0 <= value <= 1
 
@@ -158,7 +166,15 @@ class TrainConfig:
     metrics: tuple[str, ...] = knob(("accuracy",), "a list of metric names", lambda v: len(v) > 0)
     top_k: int = knob(0, "a non-negative integer", _non_negative)
     disp_batches: int = knob(20, "a positive integer", _positive)
+    monitor: int = knob(0, "a non-negative integer (0: off)", _non_negative)  # MXNet's Monitor every N batches
+    monitor_pattern: str = knob(".*", "a regular expression", _is_regex)  # the names it watches (re.match)
     seed: int = knob(0, "a non-negative integer", _non_negative)
+    skip_nonfinite: bool = knob(False)  # a NaN/inf loss skips that update (counted) instead of ending the run
+    dist_timeout: float = knob(300.0, "a positive number of seconds", _positive)  # dist_*: wait for a peer this long
+    # Stop once the validation metric (checkpoint.best_metric, or the first metric) has not improved by
+    # more than early_stop_min_delta for this many epochs (0: never stop early).
+    early_stop_patience: int = knob(0, "a non-negative integer (0: no early stopping)", _non_negative)
+    early_stop_min_delta: float = knob(0.0, "a non-negative float", _non_negative)
 
     @staticmethod
     def fit_py_forms(values: dict, source) -> dict:
@@ -185,6 +201,15 @@ class CheckpointConfig:
     keep: int = knob(0, "a non-negative integer (0: keep all)", _non_negative)
     load_epoch: int = knob(0, "a non-negative integer (0: start fresh)", _non_negative)
     resume: bool = knob(False)  # go on from the newest checkpoint that verifies (flow run --resume); load_epoch unused
+    best_metric: str = knob("")  # a validation metric: {model_prefix}-best holds its best epoch (empty: none)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where the loggers (subscribers of the run's events) write; empty: that logger is off."""
+
+    tensorboard_dir: str = knob("", path=True)  # TensorBoard scalars (pip install 'flow-fit[tensorboard]')
+    csv_file: str = knob("", path=True)  # one row per epoch
 
 
 @dataclass(frozen=True)
@@ -193,6 +218,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 SECTIONS: dict[str, type] = typing.get_type_hints(Config)
@@ -248,6 +274,7 @@ def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path
             f"data.part_index: expected an integer below data.num_parts ({config.data.num_parts}), "
             f"got {config.data.part_index}", source)
     _check_metrics(config.train, source)
+    _check_best_metric(config, source)
     _check_batch_memory(config.data, source)
     _check_optimizer(config.train, source)
     _check_crops(config.data, source)
@@ -308,6 +335,19 @@ def _check_metrics(train: TrainConfig, source) -> None:
     if problem:
         argument, why = problem
         raise ConfigError(f"train.{argument}: {why}", source)
+
+
+def _check_best_metric(config: Config, source) -> None:
+    """checkpoint.best_metric must be one of the metrics validation reports (flow.metric_watch knows
+    which way each one improves)."""
+    if not config.checkpoint.best_metric:
+        return
+    from flow.metric_watch import watched_metric  # here: flow.metrics imports torch
+
+    try:
+        watched_metric(config.train.metrics, config.train.top_k, config.checkpoint.best_metric)
+    except ConfigError as error:
+        raise ConfigError(f"checkpoint.best_metric: {error.message}", source) from None
 
 
 def sections_with_key(key: str) -> list[str]:

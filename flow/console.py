@@ -8,6 +8,12 @@ logging.basicConfig does), worded exactly as MXNet's, so that tools/parse_log.py
     Epoch[0] Time cost=12.345
     Saved checkpoint to "runs/shapes-0001.params"
     Epoch[0] Validation-accuracy=0.700000
+    Batch:       1 fc1.weight                     0.0712316
+
+and flow's own (no MXNet line says these): the best checkpoint, and why a run stopped early:
+
+    Saved best checkpoint to "runs/shapes-best.params" (Epoch[0] accuracy=0.700000)
+    Epoch[5] Early stop: accuracy has not improved by more than 0.001 for 3 epochs (best 0.700000 at Epoch[2])
 
 `flow run` attaches it to its run; a program that embeds flow may as well (with the `flow`
 logger shown, e.g. by logging.basicConfig(level=logging.INFO)). Subscribe before the block's first
@@ -26,11 +32,12 @@ from typing import AsyncIterable
 
 from tqdm import tqdm
 
-from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
-                         LearningRateAdjusted, LearningRateChanged, NumExamplesBelowRecords, RunStarted, RunStopped,
-                         Validation)
+from flow.events import (BatchEnd, BestCheckpointSaved, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified,
+                         EarlyStopped, EpochEnd, LearningRateAdjusted, LearningRateChanged, MonitorStatistics,
+                         NonFiniteUpdatesSkipped, NumExamplesBelowRecords, RunStarted, RunStopped, Validation)
 from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
+from flow.monitor import monitor_line
 
 log = logging.getLogger("flow")
 
@@ -81,9 +88,29 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
                 _write(bar, checkpoint_line(event.params_path))
             elif isinstance(event, RunStopped):
                 _write(bar, f"Stopped on request at Epoch[{event.epoch}] Batch[{event.batch}]; resume goes on from there")
+            elif isinstance(event, MonitorStatistics):
+                for name, value in event.statistics:
+                    _write(bar, monitor_line(event.batch, name, value))
+            elif isinstance(event, NonFiniteUpdatesSkipped):
+                log.warning("Epoch[%d] skipped %d of its %d updates: their loss was NaN or inf (train.skip_nonfinite)",
+                            event.epoch, event.skipped, event.batches)
+            elif isinstance(event, BestCheckpointSaved):
+                _write(bar, best_checkpoint_line(event))
+            elif isinstance(event, EarlyStopped):
+                log.info(early_stop_line(event))
     finally:
         if bar is not None:
             bar.close()
+
+
+def best_checkpoint_line(event: BestCheckpointSaved) -> str:
+    return 'Saved best checkpoint to "%s" (Epoch[%d] %s=%f)' % (event.params_path, event.epoch - 1, event.metric,
+                                                              event.value)
+
+
+def early_stop_line(event: EarlyStopped) -> str:
+    return "Epoch[%d] Early stop: %s has not improved by more than %g for %d epochs (best %f at Epoch[%d])" % (
+        event.epoch, event.metric, event.min_delta, event.patience, event.best, event.best_epoch)
 
 
 def _write(bar: tqdm | None, line: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch.distributed as dist
 
@@ -34,8 +35,12 @@ class Cluster:
         return self.world_size > 1 or dist.is_initialized()
 
 
-def join(kv_store: str, devices: tuple[str, ...]) -> Cluster:
-    """This process's place in the job: (0, 1) for a local kvstore, else from the process group (joined once)."""
+def join(kv_store: str, devices: tuple[str, ...], timeout: float = 300.0) -> Cluster:
+    """This process's place in the job: (0, 1) for a local kvstore, else from the process group (joined once).
+
+    `timeout` (seconds, train.dist_timeout) bounds the rendezvous and every collective: a peer that
+    hangs ends the others after it, rather than after gloo's 30 minutes (NCCL's 10).
+    """
     if not kv_store.startswith("dist"):
         return Cluster(0, 1)
     if not dist.is_initialized():
@@ -44,7 +49,7 @@ def join(kv_store: str, devices: tuple[str, ...]) -> Cluster:
             raise ConfigError(f"train.kv_store = {kv_store!r} runs several processes: start them with torchrun "
                               f"({', '.join(missing)} not set)")
         cuda = kv_store == "dist_device_sync" and devices[0].startswith("cuda")
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
     return Cluster(dist.get_rank(), dist.get_world_size())
 
 

@@ -51,6 +51,19 @@ class DistributedError(FlowError):
     """Another process of a distributed job stopped (or hangs), so this one cannot go on."""
 
 
+class UserCodeError(FlowError):
+    """The user's own code (the model, the loss, a custom data source, a network factory) raised:
+    what, where in that code and when in the run (flow/user_code.py); its exception is the `__cause__`."""
+
+
+class NonFiniteLossError(FlowError):
+    """A training step's loss is NaN or inf (and train.skip_nonfinite is off): the update is not made."""
+
+
+class AllocationError(FlowError):
+    """Memory ran out (the host's, or a device's) outside the user's own code."""
+
+
 def first_cause(error: BaseException) -> BaseException:
     """The exception that started a failure, out of the (nested) groups Trio's nurseries raise.
 
@@ -81,4 +94,5 @@ def unwrapped_errors() -> Iterator[None]:
         cause = first_cause(group)
         if cause is group:
             raise
-        raise cause from None
+        cause.__suppress_context__ = True  # `from None`, but keeping a __cause__ it has (a UserCodeError's)
+        raise cause

@@ -87,6 +87,7 @@ class EpochEnd:
     seconds: float
     samples: int
     batches: int
+    lr: float = 0.0  # the epoch's last update's (0 in an older log)
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,40 @@ class CheckpointSaved:
     params_path: str
     states_path: str
     batch: int = 0  # a stopped run's mid-epoch checkpoint: batches of Epoch[epoch] done; 0: after Epoch[epoch - 1]
+
+
+@dataclass(frozen=True)
+class NonFiniteUpdatesSkipped:
+    """At a training epoch's end, with train.skip_nonfinite: updates it skipped, their loss NaN or inf."""
+
+    epoch: int
+    skipped: int
+    batches: int  # the epoch's, skipped ones included
+
+
+@dataclass(frozen=True)
+class BestCheckpointSaved:
+    """`{model_prefix}-best.params/.states` now hold the model after `epoch`, whose validation `metric`
+    is the best so far."""
+
+    epoch: int  # epochs completed, as CheckpointSaved numbers them
+    metric: str
+    value: float
+    params_path: str
+    states_path: str
+
+
+@dataclass(frozen=True)
+class EarlyStopped:
+    """The run stops after `epoch` (counting from 0, as the log lines): its validation `metric` has not
+    improved by more than `min_delta` for `patience` epochs, since `best` at epoch `best_epoch`."""
+
+    epoch: int
+    metric: str
+    best: float
+    best_epoch: int
+    patience: int
+    min_delta: float
 
 
 @dataclass(frozen=True)
@@ -128,10 +163,20 @@ class RunFailed:
     message: str
 
 
+@dataclass(frozen=True)
+class MonitorStatistics:
+    """Every train.monitor batches: MXNet Monitor's norm(x) / sqrt(x.size) of the first replica's matching
+    layer outputs, gradients, parameters and buffers (flow/monitor.py), in that order."""
+
+    batch: int  # training batches of the run so far, this one included (MXNet's Monitor.step)
+    statistics: list[tuple[str, float]]
+
+
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
                                              CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
-                                             BatchEnd, EpochEnd, Validation, CheckpointSaved,
-                                             RunFinished, RunStopped, RunFailed)}
+                                             BatchEnd, EpochEnd, Validation, CheckpointSaved, BestCheckpointSaved,
+                                             EarlyStopped, RunFinished, RunStopped, RunFailed, MonitorStatistics,
+                                             NonFiniteUpdatesSkipped)}
 
 
 def event_to_dict(event) -> dict:
@@ -153,8 +198,9 @@ def event_from_dict(record: dict):
             raise ValueError(f"{name} has no field {reprlib.repr(key)}")
         if not _is(value, types[key]):
             raise ValueError(f"{name}.{key}: expected {types[key]}, got {reprlib.repr(value)}")
-    if "metrics" in fields:
-        fields["metrics"] = [tuple(pair) for pair in fields["metrics"]]
+    for pairs in ("metrics", "statistics"):
+        if pairs in fields:
+            fields[pairs] = [tuple(pair) for pair in fields[pairs]]
     try:
         return cls(**fields)
     except TypeError as error:  # a field missing

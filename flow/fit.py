@@ -12,11 +12,18 @@ A run resumed from it (`begin_batch`) takes the rest of the epoch's batches, in 
 with the same augmentation and random draws, so it ends with the weights of a run never stopped,
 bit for bit on the CPU. The resumed epoch's Train- metrics and time cost cover only its batches
 after the stop: a metric's sums are not part of a checkpoint.
+
+With a watch (flow.metric_watch: the best checkpoint, early stopping) it also waits for each
+epoch's validation figures from the metric actor, and decides from them whether to save the best
+checkpoint and whether to stop. Its validation then runs whole even when a stop is requested
+meanwhile (the stop comes before the next step): the watches must see every epoch's figures, and a
+checkpoint holds their states after them, so that a resumed run decides as one never stopped.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -31,7 +38,9 @@ from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update
 from flow import channels as hand_off
 from flow.errors import FlowError
-from flow.events import LearningRateChanged, RunFinished, RunStarted, RunStopped
+from flow.events import (EarlyStopped, LearningRateChanged, NonFiniteUpdatesSkipped, RunFinished, RunStarted,
+                         RunStopped)
+from flow.metric_watch import MetricWatch, WatchSettings
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,7 @@ class FitSettings:
     batches_per_epoch: int  # for RunStarted (the console's progress bar); 0 when unknown
     steps_in_flight: int  # steps sent ahead of their results (`steps_in_flight()`)
     begin_batch: int = 0  # batches of `begin_epoch` done before (a mid-epoch resume)
+    watch: WatchSettings | None = None  # None: validation figures are only reported
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,7 @@ class FitChannels:
     saves: trio.MemorySendChannel | None  # to the checkpoint actor
     events: trio.MemorySendChannel
     stop: trio.Event | None = None  # set: stop after the current step, saving where the run is
+    validations: trio.MemoryReceiveChannel | None = None  # each Validation from the metric actor (with a watch)
 
 
 def slice_bounds(batch_size: int, num_devices: int) -> list[tuple[int, int]]:
@@ -127,6 +138,7 @@ class _Loop:
         # (epochs done, batches of the next done): where the weights are once the steps sent have
         # finished, and where the newest checkpoint of this run (or the one it resumed from) is.
         self.position = self.saved = (settings.begin_epoch, settings.begin_batch)
+        self.skipped_updates = 0  # in this epoch: a NaN or inf loss, with train.skip_nonfinite
 
     async def send_step(self, epoch: int, index: int, batch, *, training: bool) -> int:
         """Hands each device its slice of `batch`; returns the batch's real samples."""
@@ -155,9 +167,10 @@ class _Loop:
                 slice_samples = max(0, min(stop, real) - start)
                 if training:
                     message = TrainSlice(epoch, data, label, slice_samples,
-                                         None if weight is None else weight[start:stop], 1.0 / real, lr, weights)
+                                         None if weight is None else weight[start:stop], 1.0 / real, lr, weights,
+                                         index)
                 else:
-                    message = EvalSlice(data, label, slice_samples, weights)
+                    message = EvalSlice(data, label, slice_samples, weights, epoch, index)
                 await hand_off.send(self.channels.work[replica], message)
                 slices += 1
         self.in_flight.append(_Step(epoch, index, real, slices, num_update, lr))
@@ -168,11 +181,16 @@ class _Loop:
         step = self.in_flight.popleft()
         results = sorted([await hand_off.receive(self.channels.results) for _ in range(step.slices)],
                          key=lambda result: result.replica)
+        if step.num_update is not None and results[0].monitor is not None:  # before the batch's Speedometer line, as MXNet
+            await self.channels.events.send(results[0].monitor)
+        skipped = step.num_update is not None and any(r.nonfinite_loss for r in results)
         if step.num_update is not None and self.channels.server_requests is not None:
             await self.channels.server_requests.send(
-                Update(step.num_update, step.lr, [r.gradients for r in results], step.samples))
+                Update(step.num_update, step.lr, [r.gradients for r in results], step.samples, skipped))
             updated = await self.channels.server_replies.receive()
             self.unloaded_weights = [updated.weights] * self.num_devices
+            skipped = updated.skipped  # another process's loss, too
+        self.skipped_updates += skipped
         split = "val" if step.num_update is None else "train"
         await hand_off.send(self.channels.outputs, StepStatistics(
             split, step.epoch, step.index, tuple(r.statistics for r in results if r.statistics is not None),
@@ -181,15 +199,16 @@ class _Loop:
     def stop_requested(self) -> bool:
         return self.channels.stop is not None and self.channels.stop.is_set()
 
-    async def run_epoch(self, epoch: int, *, training: bool, first_batch: int = 0) -> bool:
+    async def run_epoch(self, epoch: int, *, training: bool, first_batch: int = 0, stoppable: bool = True) -> bool:
         """One pass over the epoch's batches from `first_batch` (training or validation), then its
-        SplitEnd to the metric actor. False: a stop request ended it early (its steps sent have finished)."""
+        SplitEnd to the metric actor. False: a stop request ended it early (its steps sent have finished);
+        not `stoppable`, it runs whole."""
         start = time.perf_counter()
         batches = self.channels.train_batches if training else self.channels.val_batches
         what = "training" if training else "validation"
         index, samples = first_batch, 0
         while not isinstance(batch := await self._next(batches, what), LoaderEpochEnd):
-            if self.stop_requested():
+            if stoppable and self.stop_requested():
                 while self.in_flight:
                     await self.finish_step()
                 return False
@@ -203,14 +222,20 @@ class _Loop:
             await self.finish_step()
         if training:
             self.position = (epoch + 1, 0)
+        if training and self.skipped_updates:
+            await self.channels.events.send(NonFiniteUpdatesSkipped(epoch, self.skipped_updates, index - first_batch))
+            self.skipped_updates = 0
         split = "train" if training else "val"
         seconds = time.perf_counter() - start if training else 0.0
         await self.channels.outputs.send(SplitEnd(split, epoch, index - first_batch, samples, seconds))
         return True
 
-    async def save(self, epochs: int, batch: int = 0) -> None:
+    async def save(self, epochs: int, batch: int = 0, extra_states: dict | None = None, *, periodic: bool = True,
+                   best: tuple[str, float] | None = None) -> None:
         """Hands the checkpoint actor the model after `epochs` epochs and `batch` batches of the next
-        (from the first replica) and the updater's state; mid-epoch, every replica's random state too."""
+        (from the first replica) and the updater's state (with `extra_states`); mid-epoch, every replica's
+        random state too. As checkpoint `epochs` (`batch`: its mid-epoch one) when `periodic`, and as the
+        best one with `best`."""
         replicas = []
         for replica in range(self.num_devices if batch else 1):
             reply_send, reply_receive = trio.open_memory_channel(1)
@@ -224,17 +249,21 @@ class _Loop:
             await self.channels.server_requests.send(StateRequest(server_send))
             updater_state = await server_receive.receive()
         states = {"epoch": epochs, "num_update": self.num_update, "seed": self.settings.seed,
-                  "updater": updater_state}
+                  "updater": updater_state, **(extra_states or {})}
         if batch:
             states["batch"] = batch
             states["random"] = [{"epoch": r.random.epoch, "generator": r.random.generator} for r in replicas]
-        await self.channels.saves.send(Save(epochs, replica.model, states, self.settings.model_spec, batch))
-        self.saved = (epochs, batch)
+        if periodic:
+            await self.channels.saves.send(Save(epochs, replica.model, states, self.settings.model_spec, batch))
+            self.saved = (epochs, batch)
+        if best is not None:
+            await self.channels.saves.send(Save(epochs, replica.model, states, self.settings.model_spec, best=best))
 
-    async def stopped(self, start: float) -> RunStopped:
-        """Saves where the run stands (unless a checkpoint already holds it) and says where it stopped."""
+    async def stopped(self, start: float, extra_states: dict | None) -> RunStopped:
+        """Saves where the run stands (unless a checkpoint already holds it), with `extra_states`, and says
+        where it stopped."""
         if self.channels.saves is not None and self.position != self.saved:
-            await self.save(*self.position)
+            await self.save(*self.position, extra_states)
         return RunStopped(*self.position, self.num_update, time.perf_counter() - start)
 
     @staticmethod
@@ -245,17 +274,61 @@ class _Loop:
             raise FlowError(f"the {what} data ended before the epoch did") from None
 
 
+class _Watches:
+    """The best checkpoint's watch (any improvement) and early stopping's (by more than min_delta) of
+    one validation metric, carried on from the resumed checkpoint's states."""
+
+    def __init__(self, settings: WatchSettings):
+        self.settings = settings
+        self.best = MetricWatch(settings.metric, settings.mode)
+        self.early_stop = MetricWatch(settings.metric, settings.mode, settings.min_delta)
+        resumed = settings.resumed or {}
+        self.best.resume(resumed.get("best"))
+        self.early_stop.resume(resumed.get("early_stop"))
+
+    def states(self) -> dict:
+        """For the checkpoint's .states: {"watch": ...}, which a resumed run's WatchSettings.resumed gets."""
+        return {"watch": {"best": self.best.state(), "early_stop": self.early_stop.state()}}
+
+    def stop_event(self, epoch: int) -> EarlyStopped | None:
+        patience = self.settings.patience
+        if not patience or self.early_stop.stale_epochs < patience:
+            return None
+        best = math.nan if self.early_stop.best is None else self.early_stop.best
+        return EarlyStopped(epoch, self.settings.metric, best, self.early_stop.best_epoch, patience,
+                            self.settings.min_delta)
+
+
 async def _fit(settings: FitSettings, channels: FitChannels) -> RunFinished | RunStopped:
     loop = _Loop(settings, channels)
+    watches = _Watches(settings.watch) if settings.watch is not None else None
     start = time.perf_counter()
     await channels.events.send(RunStarted(settings.begin_epoch, settings.num_epochs, list(settings.devices),
                                           settings.kv_store, settings.num_parameters, settings.batches_per_epoch))
+    epochs = 0
     for epoch in range(settings.begin_epoch, settings.num_epochs):
         first_batch = settings.begin_batch if epoch == settings.begin_epoch else 0
         if not await loop.run_epoch(epoch, training=True, first_batch=first_batch):
-            return await loop.stopped(start)
-        if channels.saves is not None and (epoch + 1) % settings.checkpoint_period == 0:
-            await loop.save(epoch + 1)
-        if channels.val_batches is not None and not await loop.run_epoch(epoch, training=False):
-            return await loop.stopped(start)
-    return RunFinished(settings.num_epochs - settings.begin_epoch, loop.num_update, time.perf_counter() - start)
+            return await loop.stopped(start, watches and watches.states())
+        epochs += 1
+        if watches is None:
+            if channels.saves is not None and (epoch + 1) % settings.checkpoint_period == 0:
+                await loop.save(epoch + 1)
+            if channels.val_batches is not None and not await loop.run_epoch(epoch, training=False):
+                return await loop.stopped(start, None)
+            continue
+        # With a watch the checkpoint waits for the validation, so that its states hold the watches after
+        # it and a run resumed from it decides as this one would have; for that a stop request waits for
+        # the validation's end too (the next epoch's first step stops).
+        await loop.run_epoch(epoch, training=False, stoppable=False)
+        validation = await channels.validations.receive()
+        improved = watches.best.observe(epoch, validation.metrics)
+        watches.early_stop.observe(epoch, validation.metrics)
+        periodic = (epoch + 1) % settings.checkpoint_period == 0
+        best = (settings.watch.metric, watches.best.best) if improved and settings.watch.best_checkpoint else None
+        if channels.saves is not None and (periodic or best):
+            await loop.save(epoch + 1, 0, watches.states(), periodic=periodic, best=best)
+        if (stop := watches.stop_event(epoch)) is not None:
+            await channels.events.send(stop)
+            break
+    return RunFinished(epochs, loop.num_update, time.perf_counter() - start)

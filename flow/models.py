@@ -23,7 +23,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from flow.errors import ConfigError
+from flow.errors import ConfigError, FlowError
+from flow.user_code import user_code_error
 
 INITIALIZERS = ("xavier", "normal")
 SPEC_VERSION = 1
@@ -86,6 +87,10 @@ def _from_factory(name: str, num_classes: int, image_shape: tuple[int, int, int]
         factory: Any = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigError(f"network {name!r}: cannot import {module_name}: {error}") from None
+    except FlowError:  # flow's own error, met inside the user's code: already one line
+        raise
+    except (Exception, SystemExit) as error:  # the module's own code failed
+        raise user_code_error(error, f"importing {module_name}", f"model.network {name!r}") from error
     for part in attribute.split("."):
         factory = getattr(factory, part, None)
         if factory is None:
@@ -109,7 +114,7 @@ def _from_factory(name: str, num_classes: int, image_shape: tuple[int, int, int]
         model = factory(**arguments, **options)
     except TypeError as error:
         if not _ARGUMENT_ERROR.search(str(error)):
-            raise
+            raise user_code_error(error, f"the network factory {name}", "building the model") from error
         passed = ", ".join(f"{key}={value!r}" for key, value in arguments.items())
         if options:
             passed += " and model.options " + ", ".join(f"{key}={value!r}" for key, value in options.items())
@@ -117,6 +122,10 @@ def _from_factory(name: str, num_classes: int, image_shape: tuple[int, int, int]
             f"model.network {name!r}: the factory refused flow's arguments ({error}): flow passed {passed} "
             f"to {attribute}{_plain_signature(factory)}; give its own arguments in model.options, or wrap it "
             f"in a factory that names the ones it takes (one with **kwargs gets all of flow's)") from error
+    except FlowError:
+        raise
+    except (Exception, SystemExit) as error:
+        raise user_code_error(error, f"the network factory {name}", "building the model") from error
     if not isinstance(model, nn.Module):
         raise ConfigError(f"network {name!r}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -463,6 +472,12 @@ def with_fine_tune(spec: dict[str, Any], num_classes: int, layer_before_fullc: s
     step = {"num_classes": num_classes, "layer_before_fullc": layer_before_fullc or None,
             "image_shape": list(image_shape) if image_shape is not None else None}
     return {**spec, "fine_tune": [*spec.get("fine_tune", []), step]}
+
+
+def spec_image_shape(spec: dict[str, Any]) -> tuple[int, ...]:
+    """The C, H, W of the images the model of `spec` takes: the last fine-tune's that names one, else the network's."""
+    shapes = [step["image_shape"] for step in spec.get("fine_tune", []) if step.get("image_shape") is not None]
+    return tuple((shapes or [spec["image_shape"]])[-1])
 
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:

@@ -404,6 +404,7 @@ class RecordTable:
 
     path: Path
     keys: np.ndarray  # int64: the .idx keys (positions, without an .idx)
+    ids: np.ndarray  # uint64: IRHeader id of each record (0 for one whose header cannot be read)
     offsets: np.ndarray  # int64: where each record's first part starts
     flags: np.ndarray  # int64: IRHeader flag: N labels follow the header; 0: one label, in it
     labels: np.ndarray  # float32: every record's labels, one record after another
@@ -456,6 +457,7 @@ def _read_headers(reader: IndexedRecordReader) -> RecordTable:
     short = whole & ~truncated & (length < IR_HEADER_SIZE)
     readable = whole & ~truncated & ~short
     flag = np.where(readable, _u32(data, np.where(readable, start, 0)), 0).astype(np.int64)
+    ids = np.where(readable, _u64(data, np.where(readable, start + 8, 0)), np.uint64(0))
     image_start = np.where(readable, start + IR_HEADER_SIZE + 4 * flag, -1)
     overflow = readable & (image_start > end)
     for position in np.flatnonzero(truncated).tolist():
@@ -478,6 +480,7 @@ def _read_headers(reader: IndexedRecordReader) -> RecordTable:
         joined[position] = image
         joined_labels[position] = np.atleast_1d(np.asarray(header.label, dtype=np.float32))
         flag[position] = header.flag
+        ids[position] = header.id
 
     # Labels: the header's float when flag is 0, else the floats after the header.
     good = np.ones(len(offsets), dtype=bool)
@@ -492,11 +495,15 @@ def _read_headers(reader: IndexedRecordReader) -> RecordTable:
     labels = _f32(data, label_at)
     for position, values in joined_labels.items():
         labels[label_starts[position]:label_starts[position + 1]] = values
-    return RecordTable(reader.path, reader.keys, offsets, flag, labels, label_starts, image_start, end, joined, problems)
+    return RecordTable(reader.path, reader.keys, ids, offsets, flag, labels, label_starts, image_start, end, joined, problems)
 
 
 def _u32(data: np.ndarray, at: np.ndarray) -> np.ndarray:
     return data[np.asarray(at)[..., None] + np.arange(4)].view("<u4")[..., 0]
+
+
+def _u64(data: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return data[np.asarray(at)[..., None] + np.arange(8)].view("<u8")[..., 0]
 
 
 def _f32(data: np.ndarray, at: np.ndarray) -> np.ndarray:

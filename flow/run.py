@@ -79,6 +79,7 @@ class Run:
         self._result = RunResult()
         self.error: BaseException | None = None  # what made the run fail, if it did
         self._tracker = self.events()
+        self._training_scope = trio.CancelScope()  # the training actors'
 
     def events(self, max_buffer: int = 1024, policy: str = "block") -> Subscription:
         """Every event from now on. Call it before the first await inside `open_run` to see RunStarted.
@@ -109,6 +110,18 @@ class Run:
         if self._distributed:
             self.cancel()
         self._stop_request.set()
+
+    async def _log(self, logger: Callable, subscription: Subscription) -> None:
+        """Runs a logger on its subscription; one that fails ends the run with its error, as an actor would
+        (training is cancelled and the stream ends with RunFailed)."""
+        try:
+            await logger(subscription)
+        except Exception as error:
+            if self.error is None:
+                self.error = error
+            self._training_scope.cancel()
+        finally:
+            subscription.close()  # a logger gone never holds the bus back
 
     async def _track(self) -> None:
         async for event in self._tracker:
@@ -143,6 +156,8 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
         async with trio.open_nursery() as nursery:
             run = Run(nursery.cancel_scope, plan.subscriptions, plan.cluster.distributed)
             nursery.start_soon(run._track)
+            for logger in plan.loggers:
+                nursery.start_soon(run._log, logger, run.events())
             event_send, event_receive = trio.open_memory_channel(0)
             log = EventLogWriter(event_log_path(config.checkpoint.model_prefix)) if plan.writes_files else None
             nursery.start_soon(bus, event_receive, plan.subscriptions, log)
@@ -181,6 +196,8 @@ class _Plan:
     cluster: Cluster
     writes_files: bool  # checkpoints and the event log: one process writes them (rank 0)
     warnings: list  # events published before training starts (warnings, fit.py's resume line)
+    watch: object  # flow.metric_watch.WatchSettings, or None: the fit loop watches no validation metric
+    loggers: list  # [log]'s loggers, each an async function of a subscription (one process runs them: rank 0)
     subscriptions: list[Subscription] = field(default_factory=list)
 
 
@@ -195,7 +212,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     if begin_epoch == train.num_epochs:  # e.g. --resume after the run finished
         raise ConfigError(f"checkpoint.load_epoch ({begin_epoch}) is train.num_epochs: nothing left to train; "
                           f"raise train.num_epochs to train more")
-    cluster = join(train.kv_store, train.devices)
+    _check_devices(train.devices)
+    cluster = join(train.kv_store, train.devices, train.dist_timeout)
     train_loader = val_loader = None
     if train_data is None:
         if not data.data_train and not data.benchmark:
@@ -228,13 +246,13 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
                                            epoch_batches=epoch_size)
 
     begin_batch = resumed.batch if resumed else 0
-    begin_update, updater_state, model_state, random_states = 0, None, None, None
+    begin_update, updater_state, model_state, random_states, resumed_watch = 0, None, None, None, None
     if begin_epoch or begin_batch:
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
         loaded = resumed or checkpoints.read_checkpoint(saving.model_prefix, begin_epoch)
         model_state, begin_update = loaded.model_state, loaded.states["num_update"]
-        updater_state = loaded.states["updater"]
+        updater_state, resumed_watch = loaded.states["updater"], loaded.states.get("watch")
         if begin_update is None:  # imported from MXNet, which counts no updates: as fit.py, epochs x epoch size
             begin_update = begin_epoch * epoch_size
         if begin_batch:
@@ -244,6 +262,10 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
                                                                              begin_batch))))
     if skipped and cluster.rank == 0:
         warnings.append(CheckpointsSkipped(begin_epoch, skipped))
+    watch = builders.watch_settings(config, resumed_watch)
+    if watch is not None and val_loader is None and val_data is None:
+        key = "checkpoint.best_metric" if config.checkpoint.best_metric else "train.early_stop_patience"
+        raise ConfigError(f"{key}: watches the validation metric, but there is no validation data (data.data_val)")
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
@@ -258,7 +280,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     return _Plan(model, spec, begin_epoch, begin_batch, begin_update, updater_state, random_states, schedule,
                  train_loader, val_loader,
                  train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
-                 writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings)
+                 writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings, watch=watch,
+                 loggers=builders.loggers(config.log) if cluster.rank == 0 else [])
 
 
 def _resume_point(saving: CheckpointConfig) -> tuple[checkpoints.Checkpoint | None, list[str]]:
@@ -305,11 +328,21 @@ def _check_optimizer_fits(config: Config, model: torch.nn.Module, updater_state:
                               checkpoints.states_path(config.checkpoint.model_prefix, begin_epoch, begin_batch))
 
 
-async def _data_nursery(fit_done: trio.Event, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """A nursery for the data actors, given to the starter; open for new ones until `fit_done`."""
-    async with trio.open_nursery() as data_nursery:
-        task_status.started(data_nursery)
-        await fit_done.wait()
+def _check_devices(devices: tuple[str, ...]) -> None:
+    """Each of train.devices is one this torch and machine have: a device torch cannot place a model on
+    would fail at the replica's start, in torch's words."""
+    for name in devices:
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"train.devices: {name!r} is not a device (expected 'cpu' or 'cuda:N')") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"train.devices: {name!r}, but this machine has no CUDA GPU this torch "
+                                  f"({torch.__version__}) can use; use \"cpu\"")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ConfigError(f"train.devices: {name!r}, but this machine has {torch.cuda.device_count()} "
+                                  f"CUDA GPU(s), numbered from 0")
 
 
 def _check_label_width(settings: loader_actor.LoaderSettings, table: RecordTable) -> None:
@@ -390,10 +423,14 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
         for warning in plan.warnings:
             await event_send.send(warning)
         try:
-            async with trio.open_nursery() as nursery:
-                fit_summary = await _start_actors(nursery, config, plan, loss, actor_event_send, run._stop_request)
+            with run._training_scope:
+                async with trio.open_nursery() as nursery:
+                    fit_summary = await _start_actors(nursery, config, plan, loss, actor_event_send, run._stop_request)
         except Exception as error:
-            run.error = first_cause(error)
+            run.error = run.error or first_cause(error)
+            await event_send.send(RunFailed(type(run.error).__name__, str(run.error)))
+            return
+        if run.error is not None:  # a logger failed, and cancelled the actors
             await event_send.send(RunFailed(type(run.error).__name__, str(run.error)))
             return
         await event_send.send(fit_summary.receive_nowait())
@@ -422,7 +459,11 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         return updater
 
     output_send, output_receive = trio.open_memory_channel(config.data.prefetch + 2)
-    nursery.start_soon(metrics, builders.metric_settings(config), output_receive, actor_event_send())
+    validation_send = validation_receive = None
+    if plan.watch is not None:  # the fit loop waits for each validation's figures
+        validation_send, validation_receive = trio.open_memory_channel(1)
+    nursery.start_soon(metrics, builders.metric_settings(config), output_receive, actor_event_send(),
+                       validation_send)
     save_send = None
     if plan.writes_files:
         save_send, save_receive = trio.open_memory_channel(1)
@@ -441,7 +482,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
                                      begin_update=plan.begin_update,
                                      num_parameters=sum(p.numel() for p in plan.model.parameters()),
                                      schedule=plan.schedule, model_spec=plan.model_spec,
-                                     batches_per_epoch=plan.batches_per_epoch, begin_batch=plan.begin_batch)
+                                     batches_per_epoch=plan.batches_per_epoch, begin_batch=plan.begin_batch,
+                                     watch=plan.watch)
     # Sized so that neither the loop nor a device ever waits on the other to make room.
     in_flight = settings.steps_in_flight
     result_send, result_receive = trio.open_memory_channel(in_flight * len(devices))
@@ -456,38 +498,40 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
                             plan.random_states[replica] if plan.random_states else None)
     result_send.close()
 
+    # The loaders are stopped once the fit loop is done: an early stop or a stop request leaves them
+    # with batches to send.
+    data_scopes: list[trio.CancelScope] = []
+
+    async def data_actor(actor: Callable, *args) -> None:
+        with trio.CancelScope() as scope:
+            data_scopes.append(scope)
+            await actor(*args)
+
     epochs = config.train.num_epochs - plan.begin_epoch
-    # The loaders in a nursery of their own: a stopped fit loop leaves their next batches untaken,
-    # so it ends them.
-    fit_done = trio.Event()
-    data_nursery = await nursery.start(_data_nursery, fit_done)
     train_send, train_receive = trio.open_memory_channel(0 if plan.train_loader is not None else in_flight)
     if plan.train_loader is not None:
-        data_nursery.start_soon(loader_actor.loader, plan.train_loader, plan.train_records, train_send,
-                                plan.begin_epoch, epochs, plan.begin_batch)
+        nursery.start_soon(data_actor, loader_actor.loader, plan.train_loader, plan.train_records, train_send,
+                           plan.begin_epoch, epochs, plan.begin_batch)
     else:
-        data_nursery.start_soon(feed, plan.train_data, train_send, plan.begin_epoch, epochs, plan.begin_batch)
+        nursery.start_soon(data_actor, feed, plan.train_data, train_send, plan.begin_epoch, epochs, plan.begin_batch)
     val_receive = None
     if plan.val_loader is not None or plan.val_data is not None:
         val_send, val_receive = trio.open_memory_channel(0)
         if plan.val_loader is not None:
-            data_nursery.start_soon(loader_actor.loader, plan.val_loader, plan.val_records, val_send,
-                                    plan.begin_epoch, epochs)
+            nursery.start_soon(data_actor, loader_actor.loader, plan.val_loader, plan.val_records, val_send,
+                               plan.begin_epoch, epochs)
         else:
-            data_nursery.start_soon(feed, plan.val_data, val_send, plan.begin_epoch, epochs)
+            nursery.start_soon(data_actor, feed, plan.val_data, val_send, plan.begin_epoch, epochs)
 
     channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
-                           server_reply_receive, output_send, save_send, actor_event_send(), stop)
+                           server_reply_receive, output_send, save_send, actor_event_send(), stop=stop,
+                           validations=validation_receive)
     summary_send, summary_receive = trio.open_memory_channel(1)
 
     async def fit_and_report() -> None:
-        try:
-            summary = await fit(settings, channels)
-        finally:
-            fit_done.set()
-        if isinstance(summary, RunStopped):
-            data_nursery.cancel_scope.cancel()
-        summary_send.send_nowait(summary)
+        summary_send.send_nowait(await fit(settings, channels))
+        for scope in data_scopes:  # started long before: the fit loop took their batches
+            scope.cancel()
 
     nursery.start_soon(fit_and_report)
     return summary_receive

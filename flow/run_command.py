@@ -28,7 +28,7 @@ from typing import Callable
 FIT_PY_KEYS = (
     "model.network", "model.num_layers", "train.devices", "train.kv_store", "train.num_epochs", "train.lr",
     "train.lr_factor", "train.lr_step_epochs", "train.optimizer", "train.mom", "train.wd", "data.batch_size",
-    "train.disp_batches", "checkpoint.model_prefix", "checkpoint.load_epoch", "train.top_k",
+    "train.disp_batches", "checkpoint.model_prefix", "train.monitor", "checkpoint.load_epoch", "train.top_k",
     "data.data_train", "data.data_val", "data.image_shape", "data.num_classes", "data.num_examples",
 )
 
@@ -127,10 +127,11 @@ def run(args: argparse.Namespace) -> int:
     from flow.cli import Terminated, interrupts_deferred
 
     with interrupts_deferred():  # torch imports here: Ctrl-C must not land inside its C++ initialization
+        import torch
         import trio
 
         from flow.config import load_config
-        from flow.errors import FlowError
+        from flow.errors import AllocationError, FlowError
         import flow.console  # noqa: F401 (train_with_console's imports: here, so that Ctrl-C waits for them too)
         import flow.run  # noqa: F401
 
@@ -150,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         # synchronous code (an actor's cleanup, say, which must end its worker threads before the
         # run can wait for them), and the cancellation that follows runs every cleanup whole.
         stopped_by = trio.run(train_with_console, config, restrict_keyboard_interrupt_to_checkpoints=True)
+    except (MemoryError, torch.cuda.OutOfMemoryError) as error:  # in flow's own code (the user's: a UserCodeError)
+        detail = str(error).strip().splitlines()
+        raise AllocationError(f"out of memory: {type(error).__name__}{': ' + detail[0] if detail else ''}") from error
     finally:
         from flow.distributed import leave
         leave()
@@ -202,6 +206,8 @@ def argument_lines(config, width: int = 100) -> list[str]:
         always = ALWAYS_LOGGED.get(section_field.name, ())
         items = [f"{f.name}={getattr(section, f.name)!r}" for f in dataclasses.fields(section)
                  if f.name in always or getattr(section, f.name) != getattr(defaults, f.name)]
+        if not items:  # a section all at its defaults with nothing always shown ([log]: no logger)
+            continue
         head = f"[{section_field.name}]"
         rows: list[list[str]] = [[]]
         for item in items:

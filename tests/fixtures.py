@@ -24,6 +24,18 @@ def small_image_rec(folder: Path, records: int = 6) -> Path:
     return path
 
 
+def repacked_rec(path: Path, first: int, count: int, first_id: int = 2 ** 40) -> Path:
+    """A .rec + .idx of `count` records of MXNet's resized.rec (32x32 JPEGs) from position `first`
+    (wrapping around), with header ids first_id + 7 i (past 32 bits by default) and .idx keys i."""
+    from flow.recordio import IRHeader, IndexedRecordReader, RecordWriter, pack, unpack
+
+    with IndexedRecordReader(MXNET_FIXTURES / "resized.rec") as reader, RecordWriter(path, index=True) as writer:
+        for i in range(count):
+            header, image = unpack(reader.read_position((first + i) % len(reader.keys)))
+            writer.write(pack(IRHeader(header.flag, header.label, first_id + 7 * i, 0), image), key=i)
+    return path
+
+
 def mutated(data: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
     """`data` with each edit (kind, position, bytes) applied in turn: 0 overwrites there, 1 inserts,
     2 deletes as many bytes as given, 3 cuts the file there; positions wrap around the length."""

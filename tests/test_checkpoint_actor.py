@@ -14,7 +14,7 @@ import flow.atomic
 from flow import checkpoints
 from flow.actors.checkpoint import CheckpointSettings, Save, checkpoint
 from flow.errors import FlowError
-from flow.events import CheckpointSaved
+from flow.events import BestCheckpointSaved, CheckpointSaved
 
 
 def save(epoch, value=None):
@@ -60,6 +60,22 @@ async def test_each_save_is_written_then_announced_in_order_keeping_the_newest(t
     params, states = checkpoints.load_checkpoint(prefix, 3)
     assert torch.equal(params["weight"], torch.full((2,), 3.0)) and states == {"epoch": 3, "num_update": 30}
     assert checkpoints.load_model_spec(prefix) == {"network": "mlp"}
+
+
+async def test_a_best_save_goes_to_the_best_checkpoint_which_keep_never_removes(tmp_path):
+    prefix = str(tmp_path / "model")
+    best = [Save(s.epoch, s.model_state, s.states, s.model_spec, best=("accuracy", s.epoch / 10))
+            for s in map(save, (1, 3))]
+    events = await run_actor(CheckpointSettings(prefix, keep=1), [save(1), best[0], save(2), save(3), best[1], save(4)])
+    best_files = (f"{prefix}-best.params", f"{prefix}-best.states")
+    assert events == [saved(prefix, 1), BestCheckpointSaved(1, "accuracy", 0.1, *best_files), saved(prefix, 2),
+                      saved(prefix, 3), BestCheckpointSaved(3, "accuracy", 0.3, *best_files), saved(prefix, 4)]
+    assert checkpoints.saved_epochs(prefix) == [4]
+    params, states = torch.load(best_files[0], weights_only=True), torch.load(best_files[1], weights_only=True)
+    assert torch.equal(params["weight"], torch.full((2,), 3.0)) and states == {"epoch": 3, "num_update": 30}
+    assert sorted(path.name for path in tmp_path.iterdir()) == [  # written atomically: no temporary file left
+        "model-0004.manifest.json", "model-0004.params", "model-0004.states", "model-best.manifest.json",
+        "model-best.params", "model-best.states", "model-model.json"]
 
 
 async def test_keep_0_keeps_every_checkpoint(tmp_path):

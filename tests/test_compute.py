@@ -11,7 +11,7 @@ import trio
 
 from flow.actors.compute import (ComputeSettings, EvalResult, EvalSlice, ReplicaState, SnapshotRequest, TrainResult,
                                  TrainSlice, compute)
-from flow.errors import unwrapped_errors
+from flow.errors import NonFiniteLossError, UserCodeError, unwrapped_errors
 from flow.metrics import create_metric
 from flow.optim import Updater, UpdaterSettings
 from flow.run import softmax_cross_entropy
@@ -66,11 +66,11 @@ async def snapshot(work_send) -> ReplicaState:
     return await reply_receive.receive()
 
 
-async def start(nursery, net, *, make_updater=None, work_size=8, result_size=8):
+async def start(nursery, net, *, make_updater=None, work_size=8, result_size=8, settings=SETTINGS):
     """A started compute actor: (its work channel, its result channel)."""
     work_send, work_receive = trio.open_memory_channel(work_size)
     result_send, result_receive = trio.open_memory_channel(result_size)
-    await nursery.start(compute, SETTINGS, net, softmax_cross_entropy, work_receive, result_send, make_updater)
+    await nursery.start(compute, settings, net, softmax_cross_entropy, work_receive, result_send, make_updater)
     return work_send, result_receive
 
 
@@ -197,18 +197,20 @@ async def test_holds_back_when_nobody_takes_its_results():
     assert len(answered) == 20
 
 
-async def test_an_error_in_the_model_comes_out_as_itself_and_closes_its_channels():
+async def test_an_error_in_the_model_comes_out_as_a_user_code_error_and_closes_its_channels():
     class Broken(torch.nn.Module):
         def forward(self, data):
             raise ArithmeticError("broken model")
 
     with trio.fail_after(LIMIT):
-        with pytest.raises(ArithmeticError, match="broken model"):
+        with pytest.raises(UserCodeError, match=r"^the model raised ArithmeticError: broken model \(tests/test_compute"
+                                                r"\.py:\d+; validation Epoch\[0\] Batch\[0\]\)$") as failed:
             with unwrapped_errors():
                 async with trio.open_nursery() as nursery:
                     work_send, results = await start(nursery, Broken())
                     await work_send.send(eval_slice(batch()[0]))
                     await trio.sleep_forever()
+    assert isinstance(failed.value.__cause__, ArithmeticError)
     with pytest.raises(trio.EndOfChannel):
         results.receive_nowait()
     with pytest.raises(trio.BrokenResourceError):
@@ -255,3 +257,56 @@ async def test_cancelling_waits_for_the_step_in_its_thread_and_no_longer():
     assert calls == [4]  # the queued step never started
     with pytest.raises(trio.EndOfChannel):
         results.receive_nowait()
+
+
+def nan_on_call(call: int):
+    """tiny_net whose `call`th forward (counting from 1) gives NaN logits."""
+    net = tiny_net()
+    calls = []
+
+    def poison(module, inputs, output):
+        calls.append(1)
+        return output * float("nan") if len(calls) == call else output
+    net.register_forward_hook(poison)
+    return net
+
+
+async def test_a_nan_loss_ends_the_run_naming_epoch_and_batch_before_its_update():
+    data, label = batch()
+    net = nan_on_call(2)
+    with trio.fail_after(LIMIT):
+        with pytest.raises(NonFiniteLossError, match=r"^the loss is nan in training Epoch\[3\] Batch\[7\]; stopped "
+                                                     r"before its update \(train.skip_nonfinite = true skips"):
+            with unwrapped_errors():
+                async with trio.open_nursery() as nursery:
+                    work_send, results = await start(nursery, net, make_updater=plain_sgd)
+                    await work_send.send(TrainSlice(3, data, label, 4, None, 0.25, 0.1, None, 6))
+                    await results.receive()
+                    after_first = [p.detach().clone() for p in net.parameters()]
+                    await work_send.send(TrainSlice(3, data, label, 4, None, 0.25, 0.1, None, 7))
+                    await trio.sleep_forever()
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), after_first))  # no update made
+
+
+@pytest.mark.parametrize("own_updater", [True, False])
+async def test_with_skip_nonfinite_a_nan_loss_skips_its_update_and_says_so(own_updater):
+    data, label = batch()
+    net = nan_on_call(1)
+    settings = ComputeSettings("cpu", replica=0, precision="fp32", seed=0, skip_nonfinite=True)
+    before = [p.detach().clone() for p in net.parameters()]
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            work_send, results = await start(nursery, net, make_updater=plain_sgd if own_updater else None,
+                                             settings=settings)
+            await work_send.send(train_slice(data, label, scale=0.25))
+            skipped = await results.receive()
+            assert skipped.nonfinite_loss
+            assert all(torch.equal(p, q) for p, q in zip(net.parameters(), before))
+            if not own_updater:  # the parameter server is told, and skips
+                assert all(torch.isnan(g).any() for g in skipped.gradients)
+            await work_send.send(train_slice(data, label, scale=0.25))
+            made = await results.receive()
+            assert not made.nonfinite_loss
+            assert all(torch.isfinite(p).all() for p in net.parameters())
+            assert own_updater == any(not torch.equal(p, q) for p, q in zip(net.parameters(), before))
+            work_send.close()

@@ -2,10 +2,12 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -139,7 +141,7 @@ async def test_when_one_process_fails_the_other_stops_with_a_one_line_reason(tmp
     assert "OSError: rank 1's data is unreadable" in errors[1]
     last_line = errors[0].strip().splitlines()[-1]  # torch prefixes "[rank0]: " to a failed rank's lines
     assert "flow.errors.DistributedError: update " in last_line
-    assert "the gradient all_reduce failed, so another process of the job stopped or hangs (" in last_line
+    assert "the gradient all_reduce failed, so another process of the job (rank 1) stopped or hangs (" in last_line
 
 
 async def test_dist_sync_without_a_launcher_says_how_to_start_it(tmp_path, monkeypatch):
@@ -148,3 +150,50 @@ async def test_dist_sync_without_a_launcher_says_how_to_start_it(tmp_path, monke
     config = config_from_dict({"train": {"kv_store": "dist_sync"}, "data": {"image_shape": [3, 8, 8]}})
     with pytest.raises(ConfigError, match="start them with torchrun"):
         await train(config, train_data=synthetic_data())
+
+
+HANGING_RANK_SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import trio
+    from pathlib import Path
+    from flow.run import train
+    from tests.test_run import small_config, synthetic_data
+
+    rank = int(os.environ["RANK"])
+    whole = synthetic_data()
+
+    def my_part(epoch):  # rank 1 hangs (in no call flow could interrupt) before its fourth batch
+        async def batches():
+            index = 0
+            async for data, label in whole(epoch):
+                if rank == 1 and index == 3:
+                    time.sleep(120)
+                yield data[rank * 8:(rank + 1) * 8], label[rank * 8:(rank + 1) * 8]
+                index += 1
+        return batches()
+
+    config = small_config(Path(sys.argv[1]), data={"batch_size": 8}, train={"kv_store": "dist_sync", "dist_timeout": 2})
+    trio.run(lambda: train(config, train_data=my_part))
+""")
+
+
+async def test_a_peer_that_hangs_ends_the_others_after_dist_timeout_naming_its_rank(tmp_path):
+    environment = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                   "PYTHONPATH": str(REPO_ROOT)}
+    ranks = [subprocess.Popen([sys.executable, "-c", HANGING_RANK_SCRIPT, str(tmp_path)], cwd=REPO_ROOT,
+                              env={**environment, "RANK": str(rank)}, stderr=subprocess.PIPE, text=True)
+             for rank in range(2)]
+    try:
+        started = time.monotonic()
+        _, errors = ranks[0].communicate(timeout=60)
+        waited = time.monotonic() - started
+    finally:
+        for rank in ranks:
+            rank.kill()
+            rank.communicate()
+    assert ranks[0].returncode != 0
+    last_line = errors.strip().splitlines()[-1]
+    # Which update: the first whose all_reduce rank 1 misses (its event loop hangs, batches prefetched or not).
+    assert re.search(r"DistributedError: update \d+: the gradient all_reduce failed, so another process of the "
+                     r"job \(rank 1\) stopped or hangs \(Timed out", last_line), errors
+    assert waited < 90  # gloo's own timeout is 30 minutes (the bound leaves room for start-up on a busy machine)

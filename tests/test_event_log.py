@@ -55,13 +55,14 @@ def test_garbage_names_the_offset(tmp_path):
 
 def test_flow_events_prints_json_lines(tmp_path, capsys):
     path = tmp_path / "run-events.msgpack"
-    write_log(path, [EpochEnd(3, [("accuracy", 0.75)], 1.5, 64, 1)])
+    write_log(path, [EpochEnd(3, [("accuracy", 0.75)], 1.5, 64, 1, 0.125)])
     assert main(["events", str(path), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record == {"event": "EpochEnd", "epoch": 3, "metrics": [["accuracy", 0.75]], "seconds": 1.5,
-                      "samples": 64, "batches": 1}
+                      "samples": 64, "batches": 1, "lr": 0.125}
     assert main(["events", str(path)]) == 0
-    assert capsys.readouterr().out.strip() == "EpochEnd epoch=3 metrics=accuracy:0.75 seconds=1.5 samples=64 batches=1"
+    assert capsys.readouterr().out.strip() == (
+        "EpochEnd epoch=3 metrics=accuracy:0.75 seconds=1.5 samples=64 batches=1 lr=0.125")
 
 
 def test_log_of_a_run_killed_mid_epoch_reads_back_every_event_before_the_kill(tmp_path):
@@ -114,7 +115,7 @@ def test_flow_events_reads_past_nothing_but_reports_a_torn_last_event(tmp_path, 
     path.write_bytes(whole[:-5])
     assert main(["events", str(path)]) == 0
     out, err = capsys.readouterr()
-    assert out.splitlines() == ["EpochEnd epoch=0 metrics=accuracy:0.5 seconds=1 samples=64 batches=1"]
+    assert out.splitlines() == ["EpochEnd epoch=0 metrics=accuracy:0.5 seconds=1 samples=64 batches=1 lr=0"]
     assert err == (f"flow events: warning: {path}: at byte {torn_at}: a torn last event "
                    f"({len(whole) - 5 - torn_at} bytes: a crash in the middle of a write)\n")
     torn = []

@@ -4,6 +4,8 @@ import re
 import subprocess
 import sys
 
+import torch
+
 from tests.fixtures import REPO_ROOT
 
 STATED_ACCURACY = 0.95  # README: the example reaches this validation accuracy
@@ -41,3 +43,19 @@ def test_embed_example_prints_its_own_progress(tmp_path):
     assert re.search(r"epoch 0 validation accuracy 0\.\d+", done.stdout)
     assert "finished: 1 epochs, 32 updates" in done.stdout
     assert (tmp_path / "embed-events.msgpack").exists()
+
+
+def test_flow_run_stops_early_keeps_the_best_checkpoint_and_logs_csv(tmp_path):
+    # min_delta 1: no epoch improves cross-entropy by more, so patience 1 stops the run after Epoch[1]
+    done = run("-m", "flow", "run", "examples/train.toml", "--set", f"checkpoint.model_prefix='{tmp_path / 's'}'",
+               "--set", "checkpoint.best_metric='ce'", "--set", "train.early_stop_patience=1",
+               "--set", "train.early_stop_min_delta=1.0", "--set", f"log.csv_file='{tmp_path / 'log.csv'}'")
+    assert done.returncode == 0, done.stderr
+    entropies = [float(v) for v in re.findall(r"Epoch\[\d+\] Validation-cross-entropy=([.\d]+)", done.stderr)]
+    assert len(entropies) == 2 and "Epoch[2]" not in done.stderr
+    assert re.search(r"Epoch\[1\] Early stop: cross-entropy has not improved by more than 1 for 1 epochs "
+                     r"\(best [.\d]+ at Epoch\[0\]\)", done.stderr)
+    best = entropies.index(min(entropies))
+    assert f'Saved best checkpoint to "{tmp_path / "s"}-best.params" (Epoch[{best}] cross-entropy=' in done.stderr
+    assert torch.load(tmp_path / "s-best.states", weights_only=True)["epoch"] == best + 1
+    assert len((tmp_path / "log.csv").read_text().splitlines()) == 1 + 2

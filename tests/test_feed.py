@@ -7,7 +7,7 @@ import trio.testing
 
 from flow.actors.feed import feed
 from flow.actors.loader import Batch, EpochEnd
-from flow.errors import FlowError, unwrapped_errors
+from flow.errors import FlowError, UserCodeError, unwrapped_errors
 
 
 def pairs(epoch, count=3, size=4):
@@ -95,14 +95,16 @@ async def test_an_item_that_is_no_batch_is_a_flow_error_naming_it_after_the_batc
         receive.receive_nowait()
 
 
-async def test_the_sources_own_error_comes_out_as_itself():
+async def test_the_sources_own_error_is_one_line_naming_where_and_when_caused_by_it():
     async def failing(epoch):
         yield torch.zeros(4, 2), torch.zeros(4)
         raise OSError("the caller's data is unreadable")
 
-    with pytest.raises(OSError, match="unreadable"):
+    with pytest.raises(UserCodeError, match=r"^the custom data source raised OSError: the caller's data is unreadable "
+                                            r"\(tests/test_feed.py:\d+; Epoch\[0\] Batch\[1\]\)$") as failed:
         with unwrapped_errors():
             await everything(failing)
+    assert isinstance(failed.value.__cause__, OSError)
 
 
 async def test_cancelled_while_nobody_takes_its_batch_it_stops_and_closes_its_channel(autojump_clock):

@@ -16,9 +16,10 @@ from flow.actors.loader import Batch, EpochEnd
 from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update, Updated
 from flow.errors import FlowError, unwrapped_errors
-from flow.events import LearningRateChanged, RunFinished, RunStarted
+from flow.events import EarlyStopped, LearningRateChanged, RunFinished, RunStarted, Validation
 from flow.fit import FitChannels, FitSettings, fit, slice_bounds, steps_in_flight
 from flow.lr_schedule import build_schedule
+from flow.metric_watch import WatchSettings
 
 HANG = 1000  # seconds of Trio's mock clock, which jumps ahead whenever every task waits
 
@@ -59,6 +60,7 @@ class Fakes:
     work_buffer: int | None = None  # None: as flow.run sizes the channels
     silent_devices: bool = False  # the devices take work and never answer
     outputs_buffer: int | None = None  # None: room for everything; 0 and no reader: a stalled metric actor
+    val_accuracy: list | None = None  # the metric actor's figure for each validation, sent back to the loop
     work: list = field(default_factory=list)  # per replica, every message it got
     updates: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
@@ -90,6 +92,9 @@ class Fakes:
             math.inf if self.outputs_buffer is None else self.outputs_buffer)
         event_send, event_receive = trio.open_memory_channel(math.inf)
         save_send, save_receive = trio.open_memory_channel(1) if self.saves else (None, None)
+        validation_send, validation_receive = (
+            trio.open_memory_channel(1) if self.val_accuracy is not None else (None, None))
+        loaders = []  # their cancel scopes: as flow.run's, stopped once the loop is done (an early stop leaves epochs)
         request_send = request_receive = reply_send = reply_receive = None
         if self.server:
             request_send, request_receive = trio.open_memory_channel(0)
@@ -99,9 +104,9 @@ class Fakes:
         self.fed_by_the_loop += [receive for receive in (save_receive, request_receive) if receive is not None]
         with trio.fail_after(HANG):  # mock time: a loop that leaves its peers waiting fails here, not hangs
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._loader, train_send, self.train, True)
+                nursery.start_soon(self._loader, train_send, self.train, True, loaders)
                 if self.val is not None:
-                    nursery.start_soon(self._loader, val_send, self.val, False)
+                    nursery.start_soon(self._loader, val_send, self.val, False, loaders)
                 for replica in range(self.devices):
                     work_send, work_receive = trio.open_memory_channel(self.work_buffer or depth)
                     work_sends.append(work_send)
@@ -111,22 +116,37 @@ class Fakes:
                 if self.server:
                     nursery.start_soon(self._server, request_receive, reply_send)
                 nursery.start_soon(self._collect, event_receive, self.events)
-                if self.outputs_buffer != 0:
+                if self.val_accuracy is not None:
+                    nursery.start_soon(self._metrics, output_receive, validation_send)
+                elif self.outputs_buffer != 0:
                     nursery.start_soon(self._collect, output_receive, self.outputs)
                 if self.saves:
                     nursery.start_soon(self._collect, save_receive, self.saved)
                 channels = FitChannels(train_receive, val_receive, work_sends, result_receive, request_send,
-                                       reply_receive, output_send, save_send, event_send)
+                                       reply_receive, output_send, save_send, event_send, validations=validation_receive)
                 task_status.started()
                 summary = await fit(settings, channels)
+                for scope in loaders:
+                    scope.cancel()
         return summary
 
-    async def _loader(self, send, messages, counted):
-        async with send:
-            for message in messages:
-                await send.send(message)
-                if counted:
-                    self.loaded += 1
+    async def _loader(self, send, messages, counted, scopes):
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            async with send:
+                for message in messages:
+                    await send.send(message)
+                    if counted:
+                        self.loaded += 1
+
+    async def _metrics(self, outputs, validations):
+        """The metric actor: records what it gets, and answers each validation's end with the next figure."""
+        async with validations:
+            async for message in outputs:
+                self.outputs.append(message)
+                if isinstance(message, SplitEnd) and message.split == "val":
+                    figure = self.val_accuracy[message.epoch]
+                    await validations.send(Validation(message.epoch, [("accuracy", figure)], message.samples))
 
     async def _compute(self, replica, work, results):
         async with results:
@@ -162,14 +182,14 @@ class Fakes:
             into.append(message)
 
 
-def settings(num_epochs=2, devices=1, begin_epoch=0, begin_update=0, period=1, schedule=None):
+def settings(num_epochs=2, devices=1, begin_epoch=0, begin_update=0, period=1, schedule=None, watch=None):
     """Several devices have a server; batches as large as the in-flight budget: the fewest steps ahead."""
     return FitSettings(begin_epoch, num_epochs, ("cpu",) * devices, "local", period, seed=7,
                        begin_update=begin_update, num_parameters=1,
                        schedule=schedule or build_schedule("multifactor", 1.0, epoch_size=3, lr_factor=0.1,
                                                            lr_step_epochs=(1,)),
                        model_spec={"network": "fake"}, batches_per_epoch=3,
-                       steps_in_flight=steps_in_flight(devices > 1, 64 << 20))
+                       steps_in_flight=steps_in_flight(devices > 1, 64 << 20), watch=watch)
 
 
 def train_slices(messages):
@@ -316,3 +336,53 @@ async def test_cancelled_while_waiting_for_results_it_closes_every_channel_it_se
             scope.cancel()
     assert scope.cancelled_caught
     assert fakes.all_closed()
+
+
+def watched_run(accuracies, *, patience=0, min_delta=0.0, best_checkpoint=True, begin_epoch=0, resumed=None):
+    """Fakes for a run of len(accuracies) epochs of one batch whose validations score `accuracies`."""
+    epochs = range(begin_epoch, len(accuracies))
+    fakes = Fakes(train=[m for epoch in epochs for m in epoch_of(epoch, [4])],
+                  val=[m for epoch in epochs for m in epoch_of(epoch, [4], val=True)],
+                  val_accuracy=accuracies)
+    watch = WatchSettings("accuracy", "max", best_checkpoint, patience, min_delta, resumed)
+    return fakes, watch
+
+
+async def test_the_best_checkpoint_follows_the_validation_figures(autojump_clock):
+    fakes, watch = watched_run([0.5, 0.7, 0.6, 0.8, 0.8])
+    summary = await fakes.run(settings(num_epochs=5, period=2, watch=watch))
+    # each epoch's checkpoints are taken after its validation, periodic first
+    assert [(save.epoch, save.best) for save in fakes.saved] == [
+        (1, ("accuracy", 0.5)), (2, None), (2, ("accuracy", 0.7)), (4, None), (4, ("accuracy", 0.8))]
+    an_epoch = ["TrainSlice", "EvalSlice"]
+    assert [type(m).__name__ for m in fakes.work[0]] == (
+        an_epoch + ["SnapshotRequest"] + an_epoch + ["SnapshotRequest"] + an_epoch
+        + an_epoch + ["SnapshotRequest"] + an_epoch)  # one snapshot for the periodic and best checkpoints
+    best_at_4 = fakes.saved[4].states["watch"]["best"]
+    assert (best_at_4["best"], best_at_4["best_epoch"]) == (0.8, 3)
+    assert fakes.saved[3].states == fakes.saved[4].states and fakes.saved[4].states["num_update"] == 4
+    assert summary.epochs == 5 and not any(isinstance(event, EarlyStopped) for event in fakes.events)
+
+
+async def test_early_stopping_stops_after_patience_epochs_without_an_improvement_over_min_delta(autojump_clock):
+    # 0.69 and 0.71 are within 0.02 of 0.7: epochs 2 and 3 bring none, so it stops after epoch 3.
+    fakes, watch = watched_run([0.5, 0.7, 0.69, 0.71, 0.6, 0.9], patience=2, min_delta=0.02, best_checkpoint=False)
+    summary = await fakes.run(settings(num_epochs=6, watch=watch))
+    assert fakes.events[-1] == EarlyStopped(3, "accuracy", 0.7, 1, 2, 0.02)
+    assert (summary.epochs, summary.updates) == (4, 4)
+    assert fakes.loaded == 4 * 2  # four epochs' batch and EpochEnd taken; the fifth never started
+    assert [save.epoch for save in fakes.saved] == [1, 2, 3, 4] and all(save.best is None for save in fakes.saved)
+    assert fakes.saved[-1].states["watch"]["early_stop"]["stale_epochs"] == 2
+    assert fakes.all_closed()
+
+
+async def test_a_resumed_run_counts_on_the_epochs_without_improvement(autojump_clock):
+    first, watch = watched_run([0.5, 0.7, 0.6, 0.6, 0.9], patience=2)
+    await first.run(settings(num_epochs=5, watch=watch))
+    resumed_at = first.saved[2 * 2]  # epoch 3's periodic checkpoint (after 2 saves each for epochs 1 and 2)
+    assert (resumed_at.epoch, resumed_at.best) == (3, None)
+    fakes, watch = watched_run([0.5, 0.7, 0.6, 0.6, 0.9], patience=2, begin_epoch=3,
+                               resumed=resumed_at.states["watch"])
+    summary = await fakes.run(settings(num_epochs=5, begin_epoch=3, watch=watch))
+    assert fakes.events[-1] == EarlyStopped(3, "accuracy", 0.7, 1, 2, 0.0) == first.events[-1]
+    assert summary.epochs == 1

@@ -51,3 +51,26 @@ def test_the_limit_is_the_callers_and_images_within_it_decode():
         assert decode(data, max_pixels=256).shape == (16, 16, 3)
         with pytest.raises(ImageError, match="image of 16x16 pixels .* over the limit of 255 pixels"):
             decode(data, max_pixels=255)
+
+
+def test_an_image_of_another_size_than_out_is_decoded_into_a_new_array_never_into_out(monkeypatch):
+    # simplejpeg 1.9 leaks ~4 KB each time it refuses a buffer of the wrong size: the loader, which
+    # offers each image its output slot, must never have it refuse one.
+    import simplejpeg
+
+    calls = []
+    real_decode = simplejpeg.decode_jpeg
+
+    def spy(data, *args, buffer=None, **kwargs):
+        calls.append(None if buffer is None else buffer.shape)
+        return real_decode(data, *args, buffer=buffer, **kwargs)
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", spy)
+    pixels = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    data = encode(pixels, ".jpg")
+    small = np.zeros((8, 8, 3), np.uint8)
+    decoded = decode(data, out=small)
+    assert decoded is not small and decoded.shape == (24, 32, 3) and not small.any()
+    fitting = np.zeros((24, 32, 3), np.uint8)
+    assert decode(data, out=fitting) is fitting
+    assert calls == [None, (24, 32, 3)]

@@ -45,7 +45,7 @@ async def test_speedometer_reports_then_epoch_end_then_validation():
         # Batch 0 starts the clock; the first window holds batches 0-2 (6 of 12 right), as MXNet's.
         BatchEnd(0, 2, 2 * 4 / 2.0, [("accuracy", 0.5)], 0.1, 0),
         BatchEnd(0, 4, 2 * 4 / 2.0, [("accuracy", 0.5)], 0.1, 2),  # batches 3-4: 4 of 8
-        EpochEnd(0, [("accuracy", 0.5)], 5.5, 20, 5),  # 10 of 20
+        EpochEnd(0, [("accuracy", 0.5)], 5.5, 20, 5, 0.1),  # 10 of 20, at the last update's lr
         Validation(0, [("accuracy", 0.5)], 6),  # 1 + 2 of 6
     ]
 
@@ -56,8 +56,8 @@ async def test_each_epoch_starts_its_metrics_and_clock_afresh():
                 SplitEnd("train", number, batches=3, samples=12, seconds=1.0)]
 
     events = await run_actor([*epoch(0, 4, 0.0), *epoch(1, 0, 100.0)])
-    assert events == [BatchEnd(0, 2, 4.0, [("accuracy", 1.0)], 0.1, 0), EpochEnd(0, [("accuracy", 1.0)], 1.0, 12, 3),
-                      BatchEnd(1, 2, 4.0, [("accuracy", 0.0)], 0.1, 0), EpochEnd(1, [("accuracy", 0.0)], 1.0, 12, 3)]
+    assert events == [BatchEnd(0, 2, 4.0, [("accuracy", 1.0)], 0.1, 0), EpochEnd(0, [("accuracy", 1.0)], 1.0, 12, 3, 0.1),
+                      BatchEnd(1, 2, 4.0, [("accuracy", 0.0)], 0.1, 0), EpochEnd(1, [("accuracy", 0.0)], 1.0, 12, 3, 0.1)]
 
 
 async def test_a_bus_that_does_not_take_events_holds_the_fit_loop_back():
@@ -113,3 +113,17 @@ async def test_cancelled_while_waiting_on_the_bus_it_stops_and_closes_its_channe
         event_receive.receive_nowait()
     with pytest.raises(trio.BrokenResourceError):
         output_send.send_nowait(outputs("train", 0, 3, 4))
+
+
+async def test_with_a_validation_channel_each_validation_goes_back_there_too():
+    output_send, output_receive = trio.open_memory_channel(10)
+    event_send, event_receive = trio.open_memory_channel(10)
+    validation_send, validation_receive = trio.open_memory_channel(10)
+    for message in [outputs("train", 0, 0, 4, lr=0.5), SplitEnd("train", 0, 1, 4, 1.0), outputs("val", 0, 0, 3),
+                    SplitEnd("val", 0, 1, 4, 0.0)]:
+        output_send.send_nowait(message)
+    output_send.close()
+    await metrics(SETTINGS, output_receive, event_send, validation_send)
+    events = [event async for event in event_receive]
+    assert events == [EpochEnd(0, [("accuracy", 1.0)], 1.0, 4, 1, 0.5), Validation(0, [("accuracy", 0.75)], 4)]
+    assert [validation async for validation in validation_receive] == events[1:]  # and it closes the channel

@@ -434,3 +434,17 @@ def test_mutated_files_read_or_fail_with_flows_own_errors(tmp_path_factory, edit
                 pass
     finally:
         records.close()
+
+
+@pytest.mark.parametrize("name", ["val.rec", "multilabel.rec"])
+def test_the_record_table_holds_each_records_header_id(name, tmp_path):
+    from flow.recordio import IRHeader, IndexedRecordReader, RecordWriter, pack, read_record_table, unpack
+
+    path = tmp_path / name
+    with IndexedRecordReader(MXNET_FIXTURES / name) as reader, RecordWriter(path, index=True) as writer:
+        for position in range(len(reader.keys)):  # ids past 32 bits, apart from keys and positions
+            header, image = unpack(reader.read_position(position))
+            writer.write(pack(IRHeader(header.flag, header.label, 2 ** 63 + 11 * position, 0), image), key=position)
+    table = read_record_table(path)
+    assert table.ids.dtype == np.uint64
+    assert table.ids.tolist() == [2 ** 63 + 11 * position for position in range(len(table))]

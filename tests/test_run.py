@@ -13,9 +13,10 @@ import trio
 from flow import checkpoints
 from flow.config import config_from_dict
 from flow.console import log_run
-from flow.errors import CheckpointError, ConfigError, FlowError, RecordIOError
+from flow.errors import CheckpointError, ConfigError, FlowError, NonFiniteLossError, RecordIOError, UserCodeError
+from flow.event_log import event_log_path, read_events
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
-                         LearningRateAdjusted, LearningRateChanged, RunFailed,
+                         LearningRateAdjusted, LearningRateChanged, NonFiniteUpdatesSkipped, RunFailed,
                          RunFinished, RunStarted, RunStopped, Validation)
 from flow.run import open_run, softmax_cross_entropy, train
 from tests.fixtures import MXNET_FIXTURES, REPO_ROOT
@@ -260,7 +261,7 @@ async def test_console_lines_parse_with_mxnet_parse_log(tmp_path, caplog):
     assert lines.count(f'Saved checkpoint to "{tmp_path / "model"}-0002.params"') == 1
 
 
-async def test_a_failing_model_surfaces_as_its_own_exception(tmp_path):
+async def test_a_failing_model_surfaces_as_a_user_code_error_caused_by_its_exception(tmp_path):
     class Broken(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -270,12 +271,13 @@ async def test_a_failing_model_surfaces_as_its_own_exception(tmp_path):
             raise ArithmeticError("broken model")
 
     seen = []
-    with pytest.raises(ArithmeticError, match="broken model"):
+    with pytest.raises(UserCodeError, match=r"^the model raised ArithmeticError: broken model ") as failed:
         async with open_run(small_config(tmp_path), model=Broken(), train_data=synthetic_data()) as run:
             async for event in run.events():
                 seen.append(event)
+    assert isinstance(failed.value.__cause__, ArithmeticError)
     assert isinstance(seen[0], RunStarted)
-    assert seen[-1] == RunFailed("ArithmeticError", "broken model")
+    assert seen[-1] == RunFailed("UserCodeError", str(failed.value))
 
 
 async def test_trains_on_mxnet_records_and_learns(tmp_path):
@@ -417,6 +419,43 @@ async def test_a_custom_loss_is_what_the_model_learns_from(tmp_path):
     assert calls == [16] * 12
     assert torch.equal(model_state["fc1.weight"], final_params(tmp_path, 2)["fc1.weight"])
 
+
+class NaNOn(torch.nn.Module):
+    """A small net whose training forwards number `calls` (from 1) give NaN logits."""
+
+    def __init__(self, calls):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 4))
+        self.calls, self.count = calls, 0
+
+    def forward(self, data):
+        logits = self.net(data)
+        if self.training:
+            self.count += 1
+            if self.count in self.calls:
+                return logits * float("nan")
+        return logits
+
+
+async def test_a_nan_loss_ends_the_run_naming_epoch_and_batch_and_keeps_the_checkpoints(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"^the loss is nan in training Epoch\[1\] Batch\[2\]; stopped"):
+        await train(small_config(tmp_path, train={"num_epochs": 3}), model=NaNOn({9}), train_data=synthetic_data())
+    assert checkpoints.saved_epochs(str(tmp_path / "model")) == [1]
+
+
+@pytest.mark.parametrize("devices", [["cpu"], ["cpu", "cpu"]])  # the replica updates itself; the server does
+async def test_skip_nonfinite_skips_those_updates_and_counts_them_each_epoch(tmp_path, devices, caplog):
+    config = small_config(tmp_path, train={"skip_nonfinite": True, "devices": devices})
+    caplog.set_level(logging.INFO, logger="flow")
+    async with open_run(config, model=NaNOn({2, 3, 9}), train_data=synthetic_data()) as run:
+        await log_run(run.events(), progress=False)
+    events = read_events(event_log_path(config.checkpoint.model_prefix))
+    assert [e for e in events if isinstance(e, NonFiniteUpdatesSkipped)] == [
+        NonFiniteUpdatesSkipped(0, 2, 6), NonFiniteUpdatesSkipped(1, 1, 6)]
+    assert "Epoch[0] skipped 2 of its 6 updates: their loss was NaN or inf (train.skip_nonfinite)" in caplog.messages
+    assert all(torch.isfinite(tensor).all() for tensor in final_params(tmp_path, 2).values())
 
 
 def dropout_image_net():
