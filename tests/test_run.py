@@ -1,5 +1,6 @@
 """The training pipeline end to end: actors wired by flow.run, on small data, on the CPU."""
 
+import dataclasses
 import logging
 import re
 import sys
@@ -512,3 +513,36 @@ async def test_a_run_stopped_mid_epoch_then_resumed_equals_one_never_stopped_bit
     whole_params, split_params = final_params(tmp_path / "whole", 2), final_params(tmp_path / "split", 2)
     assert all(torch.equal(whole_params[name], split_params[name]) for name in whole_params)
     assert not mid_epoch.exists()  # the epoch-2 checkpoint went past it
+
+
+async def test_a_stop_mid_epoch_with_a_watch_saves_the_watches_and_is_no_early_stop(tmp_path):
+    """The mid-epoch checkpoint holds the watches after the last validation, so the resumed run's early
+    stopping counts on from them; the stopped run ends with RunStopped, not EarlyStopped."""
+    config = small_config(tmp_path, train={"num_epochs": 3, "devices": ["cpu", "cpu"], "early_stop_patience": 5})
+    losses = 0
+
+    def stopping_loss(logits, label):
+        nonlocal losses
+        losses += 1
+        if losses == (6 + 3) * 2:  # in the 4th step of epoch 1; a parameter server: one step at a time
+            trio.from_thread.run_sync(run.stop)
+        return softmax_cross_entropy(logits, label)
+
+    async with open_run(config, model=None, loss=stopping_loss, train_data=synthetic_data(),
+                        val_data=synthetic_data(seed=1)) as run:
+        events = run.events()
+        stopped = await run.wait()
+    events = [event async for event in events]
+    assert stopped.stopped_at == (1, 4) and isinstance(events[-1], RunStopped)
+    assert not [event for event in events if type(event).__name__ == "EarlyStopped"]
+    mid_epoch = checkpoints.read_checkpoint(str(tmp_path / "model"), 1, 4)
+    assert mid_epoch.states["watch"]["early_stop"]["best_epoch"] == 0
+
+    resumed = await train(dataclasses.replace(config, checkpoint=dataclasses.replace(config.checkpoint, resume=True)),
+                          train_data=synthetic_data(), val_data=synthetic_data(seed=1))
+    whole = small_config(tmp_path / "whole", train={"num_epochs": 3, "devices": ["cpu", "cpu"],
+                                                    "early_stop_patience": 5})
+    await train(whole, train_data=synthetic_data(), val_data=synthetic_data(seed=1))
+    assert resumed.stopped_at is None and resumed.epochs == 2
+    assert (checkpoints.read_checkpoint(str(tmp_path / "model"), 3).states["watch"]
+            == checkpoints.read_checkpoint(str(tmp_path / "whole" / "model"), 3).states["watch"])
