@@ -6,7 +6,8 @@ channel into this actor is bounded, so a slow disk holds training back rather th
 At its start it removes what a killed run left of the prefix's checkpoints (temporary files,
 unfinished epochs). A model with NaN or inf weights is not written: it would be useless to
 resume from, and it must not push a good checkpoint out of `keep`; the run ends with an error
-naming the epoch, its older checkpoints as they were.
+naming the epoch, its older checkpoints as they were. A mid-epoch checkpoint (a stopped run's)
+prunes nothing; any checkpoint removes the mid-epoch ones before it, which the run has gone past.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Save:
     model_state: dict
     states: dict
     model_spec: dict | None
+    batch: int = 0  # batches of the next epoch done: a stopped run's mid-epoch checkpoint; 0: a whole epoch's
     best: tuple[str, float] | None = None  # (metric, value): the best validation so far, for {prefix}-best
 
 
@@ -49,15 +51,19 @@ async def checkpoint(settings: CheckpointSettings, save_channel: trio.MemoryRece
                                                              str(checkpoints.best_states_path(prefix))))
                 continue
             await trio.to_thread.run_sync(_write, settings, save)
-            await event_channel.send(CheckpointSaved(save.epoch, str(checkpoints.params_path(prefix, save.epoch)),
-                                                     str(checkpoints.states_path(prefix, save.epoch))))
+            await event_channel.send(CheckpointSaved(
+                save.epoch, str(checkpoints.params_path(prefix, save.epoch, save.batch)),
+                str(checkpoints.states_path(prefix, save.epoch, save.batch)), save.batch))
 
 
 def _write(settings: CheckpointSettings, save: Save) -> None:
     prefix = settings.model_prefix
     if (name := checkpoints.non_finite_tensor(save.model_state)) is not None:
-        raise FlowError(f"not written: the model after Epoch[{save.epoch - 1}] has NaN or inf weights (in {name!r}); "
-                        f"the checkpoints before it are kept as they were", checkpoints.params_path(prefix, save.epoch))
-    checkpoints.save_checkpoint(prefix, save.epoch, save.model_state, save.states, save.model_spec)
-    if settings.keep:
+        where = f"Epoch[{save.epoch}] Batch[{save.batch}]" if save.batch else f"after Epoch[{save.epoch - 1}]"
+        raise FlowError(f"not written: the model {where} has NaN or inf weights (in {name!r}); "
+                        f"the checkpoints before it are kept as they were",
+                        checkpoints.params_path(prefix, save.epoch, save.batch))
+    checkpoints.save_checkpoint(prefix, save.epoch, save.model_state, save.states, save.model_spec, save.batch)
+    checkpoints.remove_mid_epoch_checkpoints(prefix, (save.epoch, save.batch))
+    if settings.keep and not save.batch:
         checkpoints.prune(prefix, save.epoch, settings.keep)

@@ -84,6 +84,7 @@ class SnapshotRequest:
 
     weights: list[torch.Tensor] | None  # as TrainSlice's
     reply: trio.MemorySendChannel  # of ReplicaState
+    model: bool = True  # False: only the random state (of a replica whose weights are another's copy)
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,18 @@ class PredictResult:
 
 
 @dataclass(frozen=True)
+class RandomState:
+    """Where a replica's random draws stand: a run stopped mid-epoch resumes them from here."""
+
+    epoch: int | None  # the epoch they were seeded for (None: no training step yet)
+    generator: torch.Tensor  # the generator's state (torch.Generator.get_state())
+
+
+@dataclass(frozen=True)
 class ReplicaState:
-    model: dict  # the model's state_dict, CPU copies
+    model: dict | None  # the model's state_dict, CPU copies (None: not asked for)
     updater: dict | None  # the updater's state_dict; None when the parameter server holds it
+    random: RandomState | None = None
 
 
 _UNMONITORED = contextlib.nullcontext()  # one for every batch the monitor skips: nothing to allocate
@@ -123,7 +133,7 @@ class _Replica:
     """The torch side of a compute actor; every method runs in the actor's worker thread."""
 
     def __init__(self, settings: ComputeSettings, model: torch.nn.Module, loss_fn: Callable,
-                 make_updater: Callable[[list[torch.Tensor]], Updater] | None):
+                 make_updater: Callable[[list[torch.Tensor]], Updater] | None, random_state: RandomState | None):
         self.settings = settings
         self.device = torch.device(settings.device)
         self.model = model.to(self.device)
@@ -132,6 +142,8 @@ class _Replica:
         self.updater = None if make_updater is None else make_updater(self.parameters)
         self.random = _ReplicaRandom(self.device)
         self.seeded_epoch = None
+        if random_state is not None:  # a mid-epoch resume: the draws go on where they stopped
+            self.random.state, self.seeded_epoch = random_state.generator, random_state.epoch
         # float32 mean and 1 / std, as the loader's normalize loop (flow/_pixels.c) takes them
         self.mean = torch.tensor(settings.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.inv_std = 1 / torch.tensor(settings.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -243,8 +255,11 @@ class _Replica:
     @torch.no_grad()
     def snapshot(self, request: SnapshotRequest) -> ReplicaState:
         self.load(request.weights)
+        random = RandomState(self.seeded_epoch, self.random.generator.get_state())  # runs while active: the live one
+        if not request.model:
+            return ReplicaState(None, None, random)
         model = {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.model.state_dict().items()}
-        return ReplicaState(model, None if self.updater is None else self.updater.state_dict())
+        return ReplicaState(model, None if self.updater is None else self.updater.state_dict(), random)
 
     def run(self, messages: list) -> list:
         """Each message's answer, in order; the replica's random state is the live one meanwhile."""
@@ -299,17 +314,19 @@ class _ReplicaRandom:
 async def compute(settings: ComputeSettings, model: torch.nn.Module, loss_fn: Callable,
                   work_channel: trio.MemoryReceiveChannel, result_channel: trio.MemorySendChannel,
                   make_updater: Callable[[list[torch.Tensor]], Updater] | None = None,
-                  task_status=trio.TASK_STATUS_IGNORED) -> None:
+                  random_state: RandomState | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Runs each TrainSlice, EvalSlice, PredictSlice and SnapshotRequest it receives in this device's one
     worker thread, in order, and sends each slice's TrainResult, EvalResult or PredictResult on `result_channel`.
 
     Messages already queued when the thread is free go in the same thread call, in order.
     With `make_updater` (one device, no kvstore) the replica updates its own weights each step; without
     it, and fed no TrainSlice, no optimizer is built and `loss_fn` (None will do) is never called.
+    `random_state`: where a stopped run's replica left its random draws (a mid-epoch resume).
     Reports started (for `nursery.start`) once the replica and its optimizer are built.
     """
     one_thread = trio.CapacityLimiter(1)  # one thread per device keeps CUDA streams simple
-    replica = await trio.to_thread.run_sync(_Replica, settings, model, loss_fn, make_updater, limiter=one_thread)
+    replica = await trio.to_thread.run_sync(_Replica, settings, model, loss_fn, make_updater, random_state,
+                                            limiter=one_thread)
     task_status.started()
     with work_channel, result_channel:  # sync close: an async one could let Cancelled hide our error
         async for message in work_channel:

@@ -19,9 +19,12 @@ from flow.user_code import user_code_error
 
 
 async def feed(source: AsyncIterable | Callable[[int], AsyncIterable], send_channel: trio.MemorySendChannel,
-               begin_epoch: int = 0, num_epochs: int = 1) -> None:
+               begin_epoch: int = 0, num_epochs: int = 1, begin_batch: int = 0) -> None:
+    """`begin_batch`: of the first epoch, the batches from this one on (a run stopped mid-epoch
+    resumes there); the source's earlier ones are taken and dropped, so it must repeat its epochs."""
     with send_channel:  # sync close: an async one could let Cancelled hide our error
         for epoch in range(begin_epoch, begin_epoch + num_epochs):
+            skip = begin_batch if epoch == begin_epoch else 0
             index = samples = 0
             try:
                 batches = aiter(source(epoch) if callable(source) else source)
@@ -38,6 +41,9 @@ async def feed(source: AsyncIterable | Callable[[int], AsyncIterable], send_chan
                     raise
                 except (Exception, SystemExit) as error:
                     raise user_code_error(error, "the custom data source", f"Epoch[{epoch}] Batch[{index}]") from error
+                if index < skip:
+                    index += 1
+                    continue
                 batch = item if isinstance(item, Batch) else _as_batch(epoch, index, item)
                 await hand_off.send(send_channel, batch)
                 index += 1

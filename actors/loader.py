@@ -105,24 +105,25 @@ def record_table(settings: LoaderSettings) -> RecordTable | None:
 
 
 async def loader(settings: LoaderSettings, table: RecordTable | None, send_channel: trio.MemorySendChannel,
-                 begin_epoch: int = 0, num_epochs: int = 1) -> None:
+                 begin_epoch: int = 0, num_epochs: int = 1, begin_batch: int = 0) -> None:
     """Sends each epoch's Batches, then its EpochEnd, for `num_epochs` epochs from `begin_epoch`,
-    from the records of `table` (`record_table(settings)`)."""
+    from the records of `table` (`record_table(settings)`); of the first epoch, the batches from
+    `begin_batch` on (a run stopped mid-epoch resumes there: the earlier ones are never read)."""
     with send_channel:  # sync close: an async one could let Cancelled hide our error
         with unwrapped_errors():
             if settings.benchmark:
-                await _send_synthetic(settings, send_channel, begin_epoch, num_epochs)
+                await _send_synthetic(settings, send_channel, begin_epoch, num_epochs, begin_batch)
                 return
             records = await trio.to_thread.run_sync(ImageRecords, table, settings.label_width,
                                                     settings.skip_bad_records, settings.num_classes)
             try:
-                await _send_batches(records, settings, send_channel, begin_epoch, num_epochs)
+                await _send_batches(records, settings, send_channel, begin_epoch, num_epochs, begin_batch)
             finally:
                 records.close()
 
 
 async def _send_batches(records: ImageRecords, settings: LoaderSettings, send_channel: trio.MemorySendChannel,
-                        begin_epoch: int, num_epochs: int) -> None:
+                        begin_epoch: int, num_epochs: int, begin_batch: int) -> None:
     """Builds batches ahead (at most `prefetch` at a time) and sends them, and each EpochEnd, in order."""
     builder = BatchBuilder(records, settings)
     positions, skipped_in_shard = shard(records.bad, settings.num_parts, settings.part_index)
@@ -154,13 +155,16 @@ async def _send_batches(records: ImageRecords, settings: LoaderSettings, send_ch
         workers.start(nursery)
         try:
             for epoch in range(begin_epoch, begin_epoch + num_epochs):
-                batches = _batches_of_epoch(positions, settings, epoch)
+                # A batch's records and augmentation depend only on (seed, epoch, index): skipping
+                # the first ones leaves the rest as they would have been.
+                skip = begin_batch if epoch == begin_epoch else 0
+                batches = list(enumerate(_batches_of_epoch(positions, settings, epoch)))[skip:]
                 if not batches:  # nothing to build: the EpochEnd goes out once everything before it has
                     while pending:
                         await send_oldest()
                     await send_channel.send(EpochEnd(epoch, 0, 0, skipped_in_shard))
                     continue
-                for index, (batch_positions, pad) in enumerate(batches):
+                for index, (batch_positions, pad) in batches:
                     while building >= settings.prefetch:
                         await send_oldest()
                     job = BatchJob(epoch, index, batch_positions, pad)
@@ -191,14 +195,14 @@ def _batches_of_epoch(positions: np.ndarray, settings: LoaderSettings, epoch: in
 
 
 async def _send_synthetic(settings: LoaderSettings, send_channel: trio.MemorySendChannel,
-                          begin_epoch: int, num_epochs: int) -> None:
+                          begin_epoch: int, num_epochs: int, begin_batch: int) -> None:
     """data.py's SyntheticDataIter: the same random batch over and over (a fresh copy each time)."""
     data, labels = await trio.to_thread.run_sync(_synthetic_batch, settings)
     size = settings.batch_size
     batches = settings.epoch_batches or (math.ceil(settings.num_examples / size) if settings.num_examples
                                          else SYNTHETIC_BATCHES)
     for epoch in range(begin_epoch, begin_epoch + num_epochs):
-        for index in range(batches):
+        for index in range(begin_batch if epoch == begin_epoch else 0, batches):
             copy = await trio.to_thread.run_sync(data.copy)
             await send_channel.send(Batch(epoch, index, torch.from_numpy(copy), torch.from_numpy(labels.copy()), 0))
         await send_channel.send(EpochEnd(epoch, batches, batches * size))

@@ -59,7 +59,7 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
     with output_channel, event_channel, validation_channel or contextlib.nullcontext():
         train_metric = create_metric(settings.metrics, settings.top_k)
         val_metric = create_metric(settings.metrics, settings.top_k)
-        window_start = 0.0
+        window_start, window_first, window_epoch = 0.0, 0, None
         lr = 0.0  # the last training step's
         while True:
             try:
@@ -73,17 +73,19 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
                 if message.split != "train":
                     continue
                 lr = message.lr
-                # Speedometer: the first batch of an epoch starts the clock; every disp_batches
-                # batches after it, report the window's speed and local metrics, then reset them.
-                if message.index == 0:
-                    window_start = message.time
+                # Speedometer: the first batch of an epoch (batch 0, or where a stopped run resumed)
+                # starts the clock; every disp_batches batches after 0, report the window's speed
+                # and local metrics, then reset them.
+                if message.epoch != window_epoch:
+                    window_start, window_first, window_epoch = message.time, message.index, message.epoch
                 elif message.index % settings.disp_batches == 0:
-                    speed = settings.disp_batches * settings.batch_size / max(message.time - window_start, 1e-9)
+                    batches = message.index - window_first
+                    speed = batches * settings.batch_size / max(message.time - window_start, 1e-9)
                     name_values = metric.get()
                     metric.reset_local()
-                    window_start = message.time
                     await event_channel.send(BatchEnd(message.epoch, message.index, speed, name_values, message.lr,
-                                                      message.index - settings.disp_batches))
+                                                      window_first))
+                    window_start, window_first = message.time, message.index
             elif message.split == "train":
                 name_values = train_metric.get_global()
                 train_metric.reset()

@@ -101,7 +101,7 @@ def watch_settings(config: Config, resumed: dict | None) -> WatchSettings | None
 
 
 def fit_settings(config: Config, *, server: bool, begin_epoch: int, begin_update: int, num_parameters: int,
-                 schedule, model_spec: dict | None, batches_per_epoch: int,
+                 schedule, model_spec: dict | None, batches_per_epoch: int, begin_batch: int = 0,
                  watch: WatchSettings | None = None) -> FitSettings:
     """The fit loop's, where the run starts (`begin_*`, from the checkpoint it resumes) and what it trains;
     `server`: a parameter server updates the weights (several devices or processes)."""
@@ -109,7 +109,7 @@ def fit_settings(config: Config, *, server: bool, begin_epoch: int, begin_update
     sample_bytes = math.prod(data.image_shape) * (1 if data.layout == "uint8_nhwc" else 4)
     return FitSettings(begin_epoch, train.num_epochs, train.devices, train.kv_store, config.checkpoint.period,
                        train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch,
-                       steps_in_flight(server, data.batch_size * sample_bytes), watch)
+                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch, watch)
 
 
 def loggers(log: LogConfig) -> list[Callable[[AsyncIterable], Awaitable[None]]]:

@@ -7,6 +7,12 @@ read back with weights_only=True.
     {prefix}-model.json                  what is needed to rebuild the model (flow.models.model_spec)
     {prefix}-best.manifest.json/.states/.params   the epoch with the best validation metric (checkpoint.best_metric)
 
+A run stopped mid-epoch (flow/fit.py: SIGINT, SIGTERM or `run.stop()`) saves its position as
+`{prefix}-{epoch:04d}-batch{batch:05d}.*`: `epoch` epochs and `batch` batches of the next one done,
+its `.states` also holding the replicas' random states. fit.py's `prefix-NNNN` counts whole epochs
+only, and a mid-epoch checkpoint must not take the name of the epoch checkpoint before it (which
+`load_epoch` names); `--resume` orders them all by (epoch, batch), an epoch checkpoint being batch 0.
+
 Each file goes to a temporary name, is fsynced, then renamed, in the order above. `.params` comes
 last, so an epoch whose `.params` exists is complete. The manifest comes first (the checksums are
 of the bytes in memory), so a complete epoch without one was written by a flow from before
@@ -35,16 +41,22 @@ from flow.errors import CheckpointError, FlowError
 HASH_CHUNK = 1 << 20
 
 
-def params_path(prefix: str, epoch: int) -> Path:
-    return Path(f"{prefix}-{epoch:04d}.params")
+def _name(prefix: str, epoch: int, batch: int) -> str:
+    return f"{prefix}-{epoch:04d}" + (f"-batch{batch:05d}" if batch else "")
 
 
-def states_path(prefix: str, epoch: int) -> Path:
-    return Path(f"{prefix}-{epoch:04d}.states")
+def params_path(prefix: str, epoch: int, batch: int = 0) -> Path:
+    return Path(f"{_name(prefix, epoch, batch)}.params")
 
 
-def manifest_path(prefix: str, epoch: int) -> Path:
-    return Path(f"{prefix}-{epoch:04d}.manifest.json")
+def states_path(prefix: str, epoch: int, batch: int = 0) -> Path:
+    return Path(f"{_name(prefix, epoch, batch)}.states")
+
+
+def manifest_path(prefix: str, epoch: int, batch: int = 0) -> Path:
+    return Path(f"{_name(prefix, epoch, batch)}.manifest.json")
+
+
 def best_params_path(prefix: str) -> Path:
     return Path(f"{prefix}-best.params")
 
@@ -67,14 +79,15 @@ def _file_entry(data: bytes) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def save_checkpoint(prefix: str, epoch: int, model_state: dict, states: dict, model_spec: dict | None) -> None:
+def save_checkpoint(prefix: str, epoch: int, model_state: dict, states: dict, model_spec: dict | None,
+                    batch: int = 0) -> None:
     if model_spec is not None:
         write_atomically(model_json_path(prefix), json.dumps(model_spec, indent=1).encode())
     states_bytes, params_bytes = _torch_bytes(states), _torch_bytes(model_state)
     manifest = {"states": _file_entry(states_bytes), "params": _file_entry(params_bytes)}
-    write_atomically(manifest_path(prefix, epoch), json.dumps(manifest, indent=1).encode())
-    write_atomically(states_path(prefix, epoch), states_bytes)
-    write_atomically(params_path(prefix, epoch), params_bytes)
+    write_atomically(manifest_path(prefix, epoch, batch), json.dumps(manifest, indent=1).encode())
+    write_atomically(states_path(prefix, epoch, batch), states_bytes)
+    write_atomically(params_path(prefix, epoch, batch), params_bytes)
 
 
 def non_finite_tensor(model_state: dict) -> str | None:
@@ -89,7 +102,19 @@ def non_finite_tensor(model_state: dict) -> str | None:
 def _folder_and_pattern(prefix: str, suffixes: str) -> tuple[Path, re.Pattern]:
     prefix_path = Path(prefix)
     folder = prefix_path.parent if str(prefix_path.parent) else Path(".")
-    return folder, re.compile(re.escape(prefix_path.name) + r"-(\d{4,})\.(" + suffixes + r")$")
+    return folder, re.compile(re.escape(prefix_path.name) + r"-(\d{4,})(?:-batch(\d{5,}))?\.(" + suffixes + r")$")
+
+
+def _position(match: re.Match) -> tuple[int, int]:
+    """(epoch, batch) of a checkpoint file name matched by `_folder_and_pattern`'s pattern."""
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _positions_with_params(prefix: str) -> set[tuple[int, int]]:
+    """(epoch, batch) of every checkpoint of `prefix` whose `.params` exists (batch 0: an epoch's)."""
+    folder, pattern = _folder_and_pattern(prefix, "params")
+    names = os.listdir(folder) if folder.is_dir() else []
+    return {_position(match) for name in names if (match := pattern.match(name))}
 
 
 def save_best_checkpoint(prefix: str, model_state: dict, states: dict, model_spec: dict | None) -> None:
@@ -104,17 +129,24 @@ def save_best_checkpoint(prefix: str, model_state: dict, states: dict, model_spe
 
 
 def saved_epochs(prefix: str) -> list[int]:
-    """Epochs with a complete checkpoint (both files), oldest first; whether they verify is load_checkpoint's say."""
-    folder, pattern = _folder_and_pattern(prefix, "params")
-    if not folder.is_dir():
-        return []
-    epochs = [int(match.group(1)) for name in os.listdir(folder) if (match := pattern.match(name))]
-    return sorted(epoch for epoch in epochs if states_path(prefix, epoch).exists())
+    """Epochs with a complete checkpoint (both files), oldest first; whether they verify is load_checkpoint's say.
+    Mid-epoch checkpoints are not among them."""
+    return sorted(epoch for epoch, batch in _positions_with_params(prefix)
+                  if not batch and states_path(prefix, epoch).exists())
 
 
-def remove_checkpoint(prefix: str, epoch: int) -> None:
+def remove_mid_epoch_checkpoints(prefix: str, before: tuple[int, int]) -> None:
+    """Removes the mid-epoch checkpoints older than position `before` (epoch, batch): a later
+    checkpoint has been written, so they are what a stopped run left and its resumed run went past."""
+    for epoch, batch in sorted(_positions_with_params(prefix)):
+        if batch and (epoch, batch) < before:
+            remove_checkpoint(prefix, epoch, batch)
+
+
+def remove_checkpoint(prefix: str, epoch: int, batch: int = 0) -> None:
     # `.params` first: from then on the epoch is incomplete, and a crash leaves only leftovers.
-    for path in (params_path(prefix, epoch), states_path(prefix, epoch), manifest_path(prefix, epoch)):
+    for path in (params_path(prefix, epoch, batch), states_path(prefix, epoch, batch),
+                 manifest_path(prefix, epoch, batch)):
         try:
             path.unlink(missing_ok=True)
         except OSError as error:
@@ -142,7 +174,7 @@ def remove_leftovers(prefix: str) -> None:
             if name == model_json_tmp:
                 (folder / name).unlink(missing_ok=True)
             elif match := pattern.match(name.removesuffix(".tmp")):
-                unfinished = name.endswith(".tmp") or not params_path(prefix, int(match.group(1))).exists()
+                unfinished = name.endswith(".tmp") or not params_path(prefix, *_position(match)).exists()
                 if unfinished:
                     (folder / name).unlink(missing_ok=True)
     except OSError as error:
@@ -155,6 +187,7 @@ class Checkpoint:
     model_state: dict
     states: dict
     verified: bool  # False: no manifest (written by a flow from before checksums), so damage would go unseen
+    batch: int = 0  # batches of epoch `epoch` (counting from 0) done: a mid-epoch checkpoint; 0: a whole epoch's
 
 
 def _checked_bytes(path: Path, entry: dict | None, manifest: Path) -> bytes:
@@ -176,8 +209,8 @@ def _checked_bytes(path: Path, entry: dict | None, manifest: Path) -> bytes:
     return data
 
 
-def _manifest(prefix: str, epoch: int) -> dict | None:
-    path = manifest_path(prefix, epoch)
+def _manifest(prefix: str, epoch: int, batch: int) -> dict | None:
+    path = manifest_path(prefix, epoch, batch)
     try:
         manifest = json.loads(path.read_bytes())
         for key in ("states", "params"):
@@ -205,21 +238,21 @@ def _unpickled(data: bytes, path: Path):
         raise CheckpointError(f"cannot load checkpoint: {error}".splitlines()[0], path) from None
 
 
-def read_checkpoint(prefix: str, epoch: int) -> Checkpoint:
-    """The checkpoint saved at `epoch`, checked against its manifest; a CheckpointError names the file
-    and what is wrong with it."""
-    manifest = _manifest(prefix, epoch)
+def read_checkpoint(prefix: str, epoch: int, batch: int = 0) -> Checkpoint:
+    """The checkpoint saved at `epoch` (`batch`: mid-epoch), checked against its manifest; a
+    CheckpointError names the file and what is wrong with it."""
+    manifest = _manifest(prefix, epoch, batch)
     entries = manifest or {}
     loaded = {}
-    for key, path in (("params", params_path(prefix, epoch)), ("states", states_path(prefix, epoch))):
-        data = _checked_bytes(path, entries.get(key), manifest_path(prefix, epoch))
+    for key, path in (("params", params_path(prefix, epoch, batch)), ("states", states_path(prefix, epoch, batch))):
+        data = _checked_bytes(path, entries.get(key), manifest_path(prefix, epoch, batch))
         loaded[key] = _unpickled(data, path)
         if not isinstance(loaded[key], dict):
             raise CheckpointError(f"not a checkpoint: holds a {type(loaded[key]).__name__}, not a dict", path)
     if (name := non_finite_tensor(loaded["params"])) is not None:
         raise CheckpointError(f"the model's weights are not finite (NaN or inf in {name!r})",
-                              params_path(prefix, epoch))
-    return Checkpoint(epoch, loaded["params"], loaded["states"], verified=manifest is not None)
+                              params_path(prefix, epoch, batch))
+    return Checkpoint(epoch, loaded["params"], loaded["states"], verified=manifest is not None, batch=batch)
 
 
 def load_checkpoint(prefix: str, epoch: int) -> tuple[dict, dict]:
@@ -230,18 +263,16 @@ def load_checkpoint(prefix: str, epoch: int) -> tuple[dict, dict]:
 
 def newest_checkpoint(prefix: str) -> tuple[Checkpoint | None, list[str]]:
     """The newest checkpoint of `prefix` that is complete and verifies (None: there is none), and
-    one line for each newer one passed over: the file and what is wrong with it.
+    one line for each newer one passed over: the file and what is wrong with it. Mid-epoch
+    checkpoints count too, after their epoch's start: (epoch, batch) orders them all.
 
     An epoch with `.params` but no `.states` counts as a checkpoint that is incomplete; `.states`
     or a manifest without `.params` is a save cut short, not a checkpoint.
     """
-    folder, pattern = _folder_and_pattern(prefix, "params")
-    names = os.listdir(folder) if folder.is_dir() else []
-    epochs = {int(match.group(1)) for name in names if (match := pattern.match(name))}
     skipped = []
-    for epoch in sorted(epochs, reverse=True):
+    for epoch, batch in sorted(_positions_with_params(prefix), reverse=True):
         try:
-            return read_checkpoint(prefix, epoch), skipped
+            return read_checkpoint(prefix, epoch, batch), skipped
         except CheckpointError as error:
             skipped.append(str(error))
     return None, skipped

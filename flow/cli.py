@@ -3,7 +3,8 @@ and optionally `unknown_option_hint(option, value)` to say what to type instead 
 
 Bad input raises `FlowError`; here it becomes one line on stderr and exit status 1
 (the full traceback only with `--debug`). Ctrl-C (SIGINT) becomes "flow COMMAND: interrupted"
-and exit status 130. The help users see is SUMMARY, COMMON_COMMANDS and READ_MORE.
+and exit status 130; a command that stops on SIGTERM too (`flow run`) ends with "flow COMMAND:
+terminated" and exit status 143. The help users see is SUMMARY, COMMON_COMMANDS and READ_MORE.
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ class CommandParser(argparse.ArgumentParser):
         return namespace, extras
 
 
+class Terminated(BaseException):
+    """SIGTERM ended the command, as KeyboardInterrupt says SIGINT did (exit status 143)."""
+
+
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """A SIGINT during the block raises KeyboardInterrupt only when the block has finished.
@@ -141,14 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `flow events FILE | head`: the reader left, which is no error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as stop:
         # On the way out now: a second Ctrl-C would turn this line into a traceback or, once the
         # interpreter shuts down (torch's teardown takes a while), kill the process by SIGINT.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if args.debug:
             raise
-        print(f"flow {args.command}: interrupted", file=sys.stderr)
-        return 130
+        interrupted = isinstance(stop, KeyboardInterrupt)
+        print(f"flow {args.command}: {'interrupted' if interrupted else 'terminated'}", file=sys.stderr)
+        return 128 + (signal.SIGINT if interrupted else signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from flow.events import (BatchEnd, BestCheckpointSaved, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified,
                          EarlyStopped, EpochEnd, LearningRateAdjusted, LearningRateChanged, MonitorStatistics,
-                         NonFiniteUpdatesSkipped, NumExamplesBelowRecords, RunStarted, Validation)
+                         NonFiniteUpdatesSkipped, NumExamplesBelowRecords, RunStarted, RunStopped, Validation)
 from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
 from flow.monitor import monitor_line
@@ -86,6 +86,8 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
                     log.info(validation_line(event.epoch, name, value))
             elif isinstance(event, CheckpointSaved):  # written beside training: the next epoch's bar may be up
                 _write(bar, checkpoint_line(event.params_path))
+            elif isinstance(event, RunStopped):
+                _write(bar, f"Stopped on request at Epoch[{event.epoch}] Batch[{event.batch}]; resume goes on from there")
             elif isinstance(event, MonitorStatistics):
                 for name, value in event.statistics:
                     _write(bar, monitor_line(event.batch, name, value))

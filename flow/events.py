@@ -102,6 +102,7 @@ class CheckpointSaved:
     epoch: int
     params_path: str
     states_path: str
+    batch: int = 0  # a stopped run's mid-epoch checkpoint: batches of Epoch[epoch] done; 0: after Epoch[epoch - 1]
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,17 @@ class RunFinished:
 
 
 @dataclass(frozen=True)
+class RunStopped:
+    """The run stopped on request (`run.stop()`, or SIGINT/SIGTERM in `flow run`) after its current step,
+    at Epoch[epoch] Batch[batch] (batch 0: at the epoch's start), its checkpoint saved there."""
+
+    epoch: int
+    batch: int
+    updates: int  # optimizer updates in all, including those before a resume
+    seconds: float
+
+
+@dataclass(frozen=True)
 class RunFailed:
     error_type: str
     message: str
@@ -163,7 +175,7 @@ class MonitorStatistics:
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
                                              CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
                                              BatchEnd, EpochEnd, Validation, CheckpointSaved, BestCheckpointSaved,
-                                             EarlyStopped, RunFinished, RunFailed, MonitorStatistics,
+                                             EarlyStopped, RunFinished, RunStopped, RunFailed, MonitorStatistics,
                                              NonFiniteUpdatesSkipped)}
 
 

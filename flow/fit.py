@@ -4,9 +4,20 @@ For each epoch: take the loader's batches, hand each device its slice (forward_b
 parameter server apply the update, pass outputs to the metric actor, then ask for a checkpoint
 and run validation. It holds no tensors of its own beyond the batch in hand.
 
+A stop request (`FitChannels.stop`: SIGINT or SIGTERM in `flow run`, `run.stop()` in a program) is
+looked at before each step: the steps already sent finish, the model, the updater, the update
+count, each replica's random state and the position in the epoch (batches done) are saved as a
+mid-epoch checkpoint (or, at an epoch's start, as that epoch's), and the loop ends with RunStopped.
+A run resumed from it (`begin_batch`) takes the rest of the epoch's batches, in the same order
+with the same augmentation and random draws, so it ends with the weights of a run never stopped,
+bit for bit on the CPU. The resumed epoch's Train- metrics and time cost cover only its batches
+after the stop: a metric's sums are not part of a checkpoint.
+
 With a watch (flow.metric_watch: the best checkpoint, early stopping) it also waits for each
 epoch's validation figures from the metric actor, and decides from them whether to save the best
-checkpoint and whether to stop.
+checkpoint and whether to stop. Its validation then runs whole even when a stop is requested
+meanwhile (the stop comes before the next step): the watches must see every epoch's figures, and a
+checkpoint holds their states after them, so that a resumed run decides as one never stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from flow.actors.metrics import SplitEnd, StepStatistics
 from flow.actors.param_server import StateRequest, Update
 from flow import channels as hand_off
 from flow.errors import FlowError
-from flow.events import EarlyStopped, LearningRateChanged, NonFiniteUpdatesSkipped, RunFinished, RunStarted
+from flow.events import (EarlyStopped, LearningRateChanged, NonFiniteUpdatesSkipped, RunFinished, RunStarted,
+                         RunStopped)
 from flow.metric_watch import MetricWatch, WatchSettings
 
 
@@ -45,6 +57,7 @@ class FitSettings:
     model_spec: dict | None
     batches_per_epoch: int  # for RunStarted (the console's progress bar); 0 when unknown
     steps_in_flight: int  # steps sent ahead of their results (`steps_in_flight()`)
+    begin_batch: int = 0  # batches of `begin_epoch` done before (a mid-epoch resume)
     watch: WatchSettings | None = None  # None: validation figures are only reported
 
 
@@ -59,6 +72,7 @@ class FitChannels:
     outputs: trio.MemorySendChannel  # to the metric actor
     saves: trio.MemorySendChannel | None  # to the checkpoint actor
     events: trio.MemorySendChannel
+    stop: trio.Event | None = None  # set: stop after the current step, saving where the run is
     validations: trio.MemoryReceiveChannel | None = None  # each Validation from the metric actor (with a watch)
 
 
@@ -69,7 +83,7 @@ def slice_bounds(batch_size: int, num_devices: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:]))
 
 
-async def fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
+async def fit(settings: FitSettings, channels: FitChannels) -> RunFinished | RunStopped:
     """Runs the epochs and returns the run's summary (sent once every other actor is done, so it is the
     last event). Closes every channel it sends on, however it ends, so the actors downstream finish."""
     send_channels = [*channels.work, channels.outputs, channels.events]
@@ -121,6 +135,9 @@ class _Loop:
         self.num_update = settings.begin_update
         self.depth = settings.steps_in_flight
         self.in_flight: deque[_Step] = deque()
+        # (epochs done, batches of the next done): where the weights are once the steps sent have
+        # finished, and where the newest checkpoint of this run (or the one it resumed from) is.
+        self.position = self.saved = (settings.begin_epoch, settings.begin_batch)
         self.skipped_updates = 0  # in this epoch: a NaN or inf loss, with train.skip_nonfinite
 
     async def send_step(self, epoch: int, index: int, batch, *, training: bool) -> int:
@@ -179,45 +196,75 @@ class _Loop:
             split, step.epoch, step.index, tuple(r.statistics for r in results if r.statistics is not None),
             time.perf_counter(), step.lr))
 
-    async def run_epoch(self, epoch: int, *, training: bool) -> None:
-        """One pass over the epoch's batches (training or validation), then its SplitEnd to the metric actor."""
+    def stop_requested(self) -> bool:
+        return self.channels.stop is not None and self.channels.stop.is_set()
+
+    async def run_epoch(self, epoch: int, *, training: bool, first_batch: int = 0, stoppable: bool = True) -> bool:
+        """One pass over the epoch's batches from `first_batch` (training or validation), then its
+        SplitEnd to the metric actor. False: a stop request ended it early (its steps sent have finished);
+        not `stoppable`, it runs whole."""
         start = time.perf_counter()
         batches = self.channels.train_batches if training else self.channels.val_batches
         what = "training" if training else "validation"
-        index = samples = 0
+        index, samples = first_batch, 0
         while not isinstance(batch := await self._next(batches, what), LoaderEpochEnd):
+            if stoppable and self.stop_requested():
+                while self.in_flight:
+                    await self.finish_step()
+                return False
             if len(self.in_flight) >= self.depth:
                 await self.finish_step()
             samples += await self.send_step(epoch, index, batch, training=training)
             index += 1
+            if training:
+                self.position = (epoch, index)
         while self.in_flight:
             await self.finish_step()
+        if training:
+            self.position = (epoch + 1, 0)
         if training and self.skipped_updates:
-            await self.channels.events.send(NonFiniteUpdatesSkipped(epoch, self.skipped_updates, index))
+            await self.channels.events.send(NonFiniteUpdatesSkipped(epoch, self.skipped_updates, index - first_batch))
             self.skipped_updates = 0
         split = "train" if training else "val"
         seconds = time.perf_counter() - start if training else 0.0
-        await self.channels.outputs.send(SplitEnd(split, epoch, index, samples, seconds))
+        await self.channels.outputs.send(SplitEnd(split, epoch, index - first_batch, samples, seconds))
+        return True
 
-    async def save(self, epoch: int, extra_states: dict | None = None, *, periodic: bool = True,
+    async def save(self, epochs: int, batch: int = 0, extra_states: dict | None = None, *, periodic: bool = True,
                    best: tuple[str, float] | None = None) -> None:
-        """Hands the checkpoint actor the model after `epoch` (from the first replica) and the updater's state
-        (with `extra_states`): as checkpoint epoch + 1 when `periodic`, and as the best one with `best`."""
-        replica_send, replica_receive = trio.open_memory_channel(1)
-        weights, self.unloaded_weights[0] = self.unloaded_weights[0], None
-        await self.channels.work[0].send(SnapshotRequest(weights, replica_send))
-        replica = await replica_receive.receive()
+        """Hands the checkpoint actor the model after `epochs` epochs and `batch` batches of the next
+        (from the first replica) and the updater's state (with `extra_states`); mid-epoch, every replica's
+        random state too. As checkpoint `epochs` (`batch`: its mid-epoch one) when `periodic`, and as the
+        best one with `best`."""
+        replicas = []
+        for replica in range(self.num_devices if batch else 1):
+            reply_send, reply_receive = trio.open_memory_channel(1)
+            weights, self.unloaded_weights[replica] = self.unloaded_weights[replica], None
+            await self.channels.work[replica].send(SnapshotRequest(weights, reply_send, model=replica == 0))
+            replicas.append(await reply_receive.receive())
+        replica = replicas[0]
         updater_state = replica.updater
         if self.channels.server_requests is not None:
             server_send, server_receive = trio.open_memory_channel(1)
             await self.channels.server_requests.send(StateRequest(server_send))
             updater_state = await server_receive.receive()
-        states = {"epoch": epoch + 1, "num_update": self.num_update, "seed": self.settings.seed,
+        states = {"epoch": epochs, "num_update": self.num_update, "seed": self.settings.seed,
                   "updater": updater_state, **(extra_states or {})}
+        if batch:
+            states["batch"] = batch
+            states["random"] = [{"epoch": r.random.epoch, "generator": r.random.generator} for r in replicas]
         if periodic:
-            await self.channels.saves.send(Save(epoch + 1, replica.model, states, self.settings.model_spec))
+            await self.channels.saves.send(Save(epochs, replica.model, states, self.settings.model_spec, batch))
+            self.saved = (epochs, batch)
         if best is not None:
-            await self.channels.saves.send(Save(epoch + 1, replica.model, states, self.settings.model_spec, best))
+            await self.channels.saves.send(Save(epochs, replica.model, states, self.settings.model_spec, best=best))
+
+    async def stopped(self, start: float, extra_states: dict | None) -> RunStopped:
+        """Saves where the run stands (unless a checkpoint already holds it), with `extra_states`, and says
+        where it stopped."""
+        if self.channels.saves is not None and self.position != self.saved:
+            await self.save(*self.position, extra_states)
+        return RunStopped(*self.position, self.num_update, time.perf_counter() - start)
 
     @staticmethod
     async def _next(channel: trio.MemoryReceiveChannel, what: str):
@@ -252,7 +299,7 @@ class _Watches:
                             self.settings.min_delta)
 
 
-async def _fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
+async def _fit(settings: FitSettings, channels: FitChannels) -> RunFinished | RunStopped:
     loop = _Loop(settings, channels)
     watches = _Watches(settings.watch) if settings.watch is not None else None
     start = time.perf_counter()
@@ -260,24 +307,27 @@ async def _fit(settings: FitSettings, channels: FitChannels) -> RunFinished:
                                           settings.kv_store, settings.num_parameters, settings.batches_per_epoch))
     epochs = 0
     for epoch in range(settings.begin_epoch, settings.num_epochs):
-        await loop.run_epoch(epoch, training=True)
+        first_batch = settings.begin_batch if epoch == settings.begin_epoch else 0
+        if not await loop.run_epoch(epoch, training=True, first_batch=first_batch):
+            return await loop.stopped(start, watches and watches.states())
         epochs += 1
         if watches is None:
             if channels.saves is not None and (epoch + 1) % settings.checkpoint_period == 0:
-                await loop.save(epoch)
-            if channels.val_batches is not None:
-                await loop.run_epoch(epoch, training=False)
+                await loop.save(epoch + 1)
+            if channels.val_batches is not None and not await loop.run_epoch(epoch, training=False):
+                return await loop.stopped(start, None)
             continue
         # With a watch the checkpoint waits for the validation, so that its states hold the watches after
-        # it and a run resumed from it decides as this one would have.
-        await loop.run_epoch(epoch, training=False)
+        # it and a run resumed from it decides as this one would have; for that a stop request waits for
+        # the validation's end too (the next epoch's first step stops).
+        await loop.run_epoch(epoch, training=False, stoppable=False)
         validation = await channels.validations.receive()
         improved = watches.best.observe(epoch, validation.metrics)
         watches.early_stop.observe(epoch, validation.metrics)
         periodic = (epoch + 1) % settings.checkpoint_period == 0
         best = (settings.watch.metric, watches.best.best) if improved and settings.watch.best_checkpoint else None
         if channels.saves is not None and (periodic or best):
-            await loop.save(epoch, watches.states(), periodic=periodic, best=best)
+            await loop.save(epoch + 1, 0, watches.states(), periodic=periodic, best=best)
         if (stop := watches.stop_event(epoch)) is not None:
             await channels.events.send(stop)
             break

@@ -32,7 +32,7 @@ from flow.actors import loader as loader_actor
 from flow.actors.bus import Subscription, bus
 from flow.actors.feed import feed
 from flow.actors.checkpoint import checkpoint
-from flow.actors.compute import compute
+from flow.actors.compute import RandomState, compute
 from flow.actors.metrics import metrics
 from flow.actors.param_server import param_server
 from flow import builders, checkpoints, models, mxnet_import, optim
@@ -41,7 +41,7 @@ from flow.distributed import Cluster, join
 from flow.errors import CheckpointError, ConfigError, RecordIOError, first_cause, unwrapped_errors
 from flow.event_log import EventLogWriter, event_log_path
 from flow.events import (CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd, LearningRateAdjusted,
-                         NumExamplesBelowRecords, RunFailed, RunFinished, Validation)
+                         NumExamplesBelowRecords, RunFailed, RunFinished, RunStopped, Validation)
 from flow.fit import FitChannels, fit
 from flow.lr_schedule import build_schedule, updates_per_epoch
 from flow.optim import Updater
@@ -64,14 +64,17 @@ class RunResult:
     train_metrics: list[tuple[str, float]] = field(default_factory=list)
     validation_metrics: list[tuple[str, float]] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
+    stopped_at: tuple[int, int] | None = None  # stopped on request: (epoch, batch) where, its checkpoint saved there
 
 
 class Run:
-    """A run in progress: subscribe to its events, wait for its result, or cancel it."""
+    """A run in progress: subscribe to its events, wait for its result, stop or cancel it."""
 
-    def __init__(self, cancel_scope: trio.CancelScope, subscriptions: list[Subscription]):
+    def __init__(self, cancel_scope: trio.CancelScope, subscriptions: list[Subscription], distributed: bool):
         self._cancel_scope = cancel_scope
         self._subscriptions = subscriptions
+        self._stop_request = trio.Event()
+        self._distributed = distributed
         self._finished = trio.Event()
         self._result = RunResult()
         self.error: BaseException | None = None  # what made the run fail, if it did
@@ -98,6 +101,16 @@ class Run:
     def cancel(self) -> None:
         self._cancel_scope.cancel()
 
+    def stop(self) -> None:
+        """Asks the run to stop after its current step and save a checkpoint where it is (mid-epoch
+        too), from which `checkpoint.resume` goes on as if it had never stopped; the run then ends
+        with RunStopped. Without `checkpoint.model_prefix` nothing is saved. Processes of a
+        distributed run would stop at different steps and wait for each other forever: there it
+        cancels, as `cancel()` does, and the newest checkpoint is the last one saved."""
+        if self._distributed:
+            self.cancel()
+        self._stop_request.set()
+
     async def _log(self, logger: Callable, subscription: Subscription) -> None:
         """Runs a logger on its subscription; one that fails ends the run with its error, as an actor would
         (training is cancelled and the stream ends with RunFailed)."""
@@ -120,6 +133,9 @@ class Run:
                 self._result.checkpoints.append(event.params_path)
             elif isinstance(event, RunFinished):
                 self._result.epochs, self._result.updates, self._result.seconds = event.epochs, event.updates, event.seconds
+            elif isinstance(event, RunStopped):
+                self._result.updates, self._result.seconds = event.updates, event.seconds
+                self._result.stopped_at = (event.epoch, event.batch)
         self._finished.set()
 
 
@@ -138,7 +154,7 @@ async def open_run(config: Config, *, model: torch.nn.Module | None = None, loss
     plan = await trio.to_thread.run_sync(_plan, config, model, train_data, val_data)
     with unwrapped_errors():
         async with trio.open_nursery() as nursery:
-            run = Run(nursery.cancel_scope, plan.subscriptions)
+            run = Run(nursery.cancel_scope, plan.subscriptions, plan.cluster.distributed)
             nursery.start_soon(run._track)
             for logger in plan.loggers:
                 nursery.start_soon(run._log, logger, run.events())
@@ -165,8 +181,10 @@ class _Plan:
     model: torch.nn.Module
     model_spec: dict | None
     begin_epoch: int
+    begin_batch: int  # batches of begin_epoch done (a mid-epoch checkpoint)
     begin_update: int
     updater_state: dict | None
+    random_states: list[RandomState] | None  # each replica's, where a mid-epoch checkpoint left them
     schedule: object
     train_loader: loader_actor.LoaderSettings | None  # None: the caller's train_data
     val_loader: loader_actor.LoaderSettings | None
@@ -227,8 +245,9 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         train_loader = dataclasses.replace(train_loader, num_parts=cluster.world_size, part_index=cluster.rank,
                                            epoch_batches=epoch_size)
 
-    begin_update, updater_state, model_state, resumed_watch = 0, None, None, None
-    if begin_epoch:
+    begin_batch = resumed.batch if resumed else 0
+    begin_update, updater_state, model_state, random_states, resumed_watch = 0, None, None, None, None
+    if begin_epoch or begin_batch:
         if not saving.model_prefix:
             raise ConfigError("checkpoint.load_epoch: needs checkpoint.model_prefix to find the checkpoint")
         loaded = resumed or checkpoints.read_checkpoint(saving.model_prefix, begin_epoch)
@@ -236,8 +255,11 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         updater_state, resumed_watch = loaded.states["updater"], loaded.states.get("watch")
         if begin_update is None:  # imported from MXNet, which counts no updates: as fit.py, epochs x epoch size
             begin_update = begin_epoch * epoch_size
+        if begin_batch:
+            random_states = _random_states(loaded, saving.model_prefix, len(train.devices))
         if not loaded.verified and cluster.rank == 0:
-            warnings.append(CheckpointUnverified(str(checkpoints.params_path(saving.model_prefix, begin_epoch))))
+            warnings.append(CheckpointUnverified(str(checkpoints.params_path(saving.model_prefix, begin_epoch,
+                                                                             begin_batch))))
     if skipped and cluster.rank == 0:
         warnings.append(CheckpointsSkipped(begin_epoch, skipped))
     watch = builders.watch_settings(config, resumed_watch)
@@ -247,7 +269,7 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     model, spec = _model(config, model)
     if model_state is not None:
         model.load_state_dict(model_state)
-    _check_optimizer_fits(config, model, updater_state, begin_epoch)
+    _check_optimizer_fits(config, model, updater_state, begin_epoch, begin_batch)
     schedule = build_schedule(
         train.lr_schedule, train.lr, epoch_size=epoch_size, num_epochs=train.num_epochs,
         lr_factor=train.lr_factor, lr_step_epochs=train.lr_step_epochs, lr_factor_epochs=train.lr_factor_epochs,
@@ -255,7 +277,8 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         warmup_begin_lr=train.warmup_begin_lr, warmup_mode=train.warmup_mode)
     if begin_epoch and (resumed_lr := schedule.resumed_lr(begin_update)) is not None:
         warnings.append(LearningRateAdjusted(begin_epoch, resumed_lr))
-    return _Plan(model, spec, begin_epoch, begin_update, updater_state, schedule, train_loader, val_loader,
+    return _Plan(model, spec, begin_epoch, begin_batch, begin_update, updater_state, random_states, schedule,
+                 train_loader, val_loader,
                  train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
                  writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings, watch=watch,
                  loggers=builders.loggers(config.log) if cluster.rank == 0 else [])
@@ -275,8 +298,23 @@ def _resume_point(saving: CheckpointConfig) -> tuple[checkpoints.Checkpoint | No
     return resumed, skipped
 
 
+def _random_states(loaded: checkpoints.Checkpoint, prefix: str, devices: int) -> list[RandomState]:
+    """Each replica's random state from a mid-epoch checkpoint, which resumes only on as many devices
+    (each device's slice of a batch, and its draws, depend on how many there are)."""
+    saved = loaded.states.get("random")
+    path = checkpoints.states_path(prefix, loaded.epoch, loaded.batch)
+    if not isinstance(saved, list) or not all(isinstance(r, dict) and isinstance(r.get("generator"), torch.Tensor)
+                                              for r in saved):
+        raise CheckpointError("a mid-epoch checkpoint without the replicas' random states", path)
+    if len(saved) != devices:
+        raise ConfigError(f"train.devices: the run stopped mid-epoch on {len(saved)} device(s) and resumes only on "
+                          f"as many, got {devices}; or resume from the epoch's start (checkpoint.load_epoch = "
+                          f"{loaded.epoch})", path)
+    return [RandomState(r.get("epoch"), r["generator"]) for r in saved]
+
+
 def _check_optimizer_fits(config: Config, model: torch.nn.Module, updater_state: dict | None,
-                          begin_epoch: int) -> None:
+                          begin_epoch: int, begin_batch: int) -> None:
     """The lr_mult/wd_mult patterns name parameters of the model, and a resumed optimizer state is the optimizer's."""
     train = config.train
     names = [name for name, _ in model.named_parameters()]
@@ -287,7 +325,7 @@ def _check_optimizer_fits(config: Config, model: torch.nn.Module, updater_state:
                           f"({', '.join(names[:4]) or 'it has none'}{', ...' if len(names) > 4 else ''})")
     if updater_state is not None:
         optim.check_resumable(updater_state, train.optimizer,
-                              checkpoints.states_path(config.checkpoint.model_prefix, begin_epoch))
+                              checkpoints.states_path(config.checkpoint.model_prefix, begin_epoch, begin_batch))
 
 
 def _check_devices(devices: tuple[str, ...]) -> None:
@@ -387,7 +425,7 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
         try:
             with run._training_scope:
                 async with trio.open_nursery() as nursery:
-                    fit_summary = await _start_actors(nursery, config, plan, loss, actor_event_send)
+                    fit_summary = await _start_actors(nursery, config, plan, loss, actor_event_send, run._stop_request)
         except Exception as error:
             run.error = run.error or first_cause(error)
             await event_send.send(RunFailed(type(run.error).__name__, str(run.error)))
@@ -399,9 +437,10 @@ async def _training(config: Config, plan: _Plan, loss: Callable, event_send: tri
 
 
 async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss: Callable,
-                        actor_event_send: Callable[[], trio.MemorySendChannel]) -> trio.MemoryReceiveChannel:
+                        actor_event_send: Callable[[], trio.MemorySendChannel],
+                        stop: trio.Event) -> trio.MemoryReceiveChannel:
     """Starts every training actor (each with its own `actor_event_send()`); returns where the fit
-    loop's summary (RunFinished) will be.
+    loop's summary (RunFinished, or RunStopped once `stop` is set) will be.
 
     The devices and the server are ready (replicas built, optimizer made) before the fit loop
     starts, so the first epoch's clock does not count their start-up.
@@ -443,7 +482,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
                                      begin_update=plan.begin_update,
                                      num_parameters=sum(p.numel() for p in plan.model.parameters()),
                                      schedule=plan.schedule, model_spec=plan.model_spec,
-                                     batches_per_epoch=plan.batches_per_epoch, watch=plan.watch)
+                                     batches_per_epoch=plan.batches_per_epoch, begin_batch=plan.begin_batch,
+                                     watch=plan.watch)
     # Sized so that neither the loop nor a device ever waits on the other to make room.
     in_flight = settings.steps_in_flight
     result_send, result_receive = trio.open_memory_channel(in_flight * len(devices))
@@ -454,10 +494,12 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         # Copying a big model takes a while: not on the Trio thread.
         replica_model = await trio.to_thread.run_sync(copy.deepcopy, plan.model) if replica else plan.model
         await nursery.start(compute, builders.compute_settings(config, replica), replica_model, loss, work_receive,
-                            result_send.clone(), None if server else make_updater)
+                            result_send.clone(), None if server else make_updater,
+                            plan.random_states[replica] if plan.random_states else None)
     result_send.close()
 
-    # The loaders are stopped once the fit loop is done: an early stop leaves them with epochs to send.
+    # The loaders are stopped once the fit loop is done: an early stop or a stop request leaves them
+    # with batches to send.
     data_scopes: list[trio.CancelScope] = []
 
     async def data_actor(actor: Callable, *args) -> None:
@@ -469,9 +511,9 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     train_send, train_receive = trio.open_memory_channel(0 if plan.train_loader is not None else in_flight)
     if plan.train_loader is not None:
         nursery.start_soon(data_actor, loader_actor.loader, plan.train_loader, plan.train_records, train_send,
-                           plan.begin_epoch, epochs)
+                           plan.begin_epoch, epochs, plan.begin_batch)
     else:
-        nursery.start_soon(data_actor, feed, plan.train_data, train_send, plan.begin_epoch, epochs)
+        nursery.start_soon(data_actor, feed, plan.train_data, train_send, plan.begin_epoch, epochs, plan.begin_batch)
     val_receive = None
     if plan.val_loader is not None or plan.val_data is not None:
         val_send, val_receive = trio.open_memory_channel(0)
@@ -482,7 +524,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
             nursery.start_soon(data_actor, feed, plan.val_data, val_send, plan.begin_epoch, epochs)
 
     channels = FitChannels(train_receive, val_receive, work_sends, result_receive, server_send,
-                           server_reply_receive, output_send, save_send, actor_event_send(), validation_receive)
+                           server_reply_receive, output_send, save_send, actor_event_send(), stop=stop,
+                           validations=validation_receive)
     summary_send, summary_receive = trio.open_memory_channel(1)
 
     async def fit_and_report() -> None:

@@ -4,6 +4,10 @@ Prints MXNet's log lines (Speedometer, Train-/Validation- metrics, Time cost, Sa
 which MXNet's tools/parse_log.py reads. `--resume` continues from the newest checkpoint of
 checkpoint.model_prefix that is complete and verifies (checkpoint.resume = true). Several processes:
 `torchrun --nproc-per-node N -m flow run train.toml --set train.kv_store='"dist_sync"'`.
+
+Ctrl-C (SIGINT) or SIGTERM stops the run after its current step, saving a checkpoint where it
+stands (mid-epoch too), from which `--resume` goes on as if it had never stopped; the exit status
+is then 130 or 143. A second Ctrl-C ends it at once.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 import typing
 from typing import Callable
@@ -119,7 +124,7 @@ def configure_logging() -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flow.cli import interrupts_deferred
+    from flow.cli import Terminated, interrupts_deferred
 
     with interrupts_deferred():  # torch imports here: Ctrl-C must not land inside its C++ initialization
         import torch
@@ -145,24 +150,41 @@ def run(args: argparse.Namespace) -> int:
         # Ctrl-C arrives as KeyboardInterrupt at a checkpoint of the main task, never in the middle of
         # synchronous code (an actor's cleanup, say, which must end its worker threads before the
         # run can wait for them), and the cancellation that follows runs every cleanup whole.
-        trio.run(train_with_console, config, restrict_keyboard_interrupt_to_checkpoints=True)
+        stopped_by = trio.run(train_with_console, config, restrict_keyboard_interrupt_to_checkpoints=True)
     except (MemoryError, torch.cuda.OutOfMemoryError) as error:  # in flow's own code (the user's: a UserCodeError)
         detail = str(error).strip().splitlines()
         raise AllocationError(f"out of memory: {type(error).__name__}{': ' + detail[0] if detail else ''}") from error
     finally:
         from flow.distributed import leave
         leave()
+    if stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt
+    if stopped_by == signal.SIGTERM:
+        raise Terminated
     return 0
 
 
-async def train_with_console(config) -> None:
-    """Runs `config` to the end with the console attached: MXNet's log lines, and a progress bar on a terminal."""
+async def train_with_console(config) -> int | None:
+    """Runs `config` to the end with the console attached: MXNet's log lines, and a progress bar on a
+    terminal. SIGINT or SIGTERM stops it (flow/stop_signals.py); returns that signal (None: none came)."""
+    import trio
+
     from flow.console import log_run
     from flow.run import open_run
+    from flow.errors import unwrapped_errors
+    from flow.stop_signals import SignalStop, stop_signal_receiver
 
-    async with open_run(config) as run:
-        await log_run(run.events(policy="block"))  # "block": training waits for the console rather than lose a line
-        await run.wait()
+    with stop_signal_receiver() as signals, unwrapped_errors():  # the run's error as itself, not in a group
+        async with trio.open_nursery() as nursery:
+            stop = SignalStop(nursery.cancel_scope)
+            if signals is not None:
+                nursery.start_soon(stop.watch, signals)
+            async with open_run(config) as run:
+                stop.attach(run)
+                await log_run(run.events(policy="block"))  # "block": training waits for the console rather than lose a line
+                await run.wait()
+            nursery.cancel_scope.cancel()
+    return stop.signal
 
 
 # Logged even at their defaults: what tells one run's log from another's.

@@ -64,7 +64,8 @@ async def test_each_save_is_written_then_announced_in_order_keeping_the_newest(t
 
 async def test_a_best_save_goes_to_the_best_checkpoint_which_keep_never_removes(tmp_path):
     prefix = str(tmp_path / "model")
-    best = [Save(s.epoch, s.model_state, s.states, s.model_spec, ("accuracy", s.epoch / 10)) for s in map(save, (1, 3))]
+    best = [Save(s.epoch, s.model_state, s.states, s.model_spec, best=("accuracy", s.epoch / 10))
+            for s in map(save, (1, 3))]
     events = await run_actor(CheckpointSettings(prefix, keep=1), [save(1), best[0], save(2), save(3), best[1], save(4)])
     best_files = (f"{prefix}-best.params", f"{prefix}-best.states")
     assert events == [saved(prefix, 1), BestCheckpointSaved(1, "accuracy", 0.1, *best_files), saved(prefix, 2),

@@ -123,7 +123,7 @@ class Fakes:
                 if self.saves:
                     nursery.start_soon(self._collect, save_receive, self.saved)
                 channels = FitChannels(train_receive, val_receive, work_sends, result_receive, request_send,
-                                       reply_receive, output_send, save_send, event_send, validation_receive)
+                                       reply_receive, output_send, save_send, event_send, validations=validation_receive)
                 task_status.started()
                 summary = await fit(settings, channels)
                 for scope in loaders:

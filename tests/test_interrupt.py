@@ -138,3 +138,68 @@ def test_sigint_at_random_times_exits_130_with_one_line(tmp_path):
     failed = {index: (plans[index], outcomes[index]) for index in range(RUNS)
               if outcomes[index] != (130, ["flow run: interrupted"])}
     assert not failed, f"{len(failed)} of {RUNS} runs (plan (delay, second delay): (status, stderr)): {failed}"
+
+
+
+# 63 batches an epoch (the 500 validation images, batch 8), no validation, a small mlp: a stop
+# lands mid-epoch, and the runs cost little more than their start-up.
+STOPPABLE = ["--set", "data.data_train='data/shapes_val.rec'", "--set", "data.data_val=''", "--set",
+             "data.batch_size=8", "--set", "train.disp_batches=2", "--set", "train.num_epochs=2",
+             "--set", "model.network='mlp'", "--set", "train.lr=0.005"]
+
+
+def _flow_run(prefix: Path, stderr_path: Path, *extra: str) -> subprocess.Popen:
+    with open(stderr_path, "wb") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "flow", "run", "examples/train.toml", *STOPPABLE,
+                                 "--set", f"checkpoint.model_prefix='{prefix}'", *extra],
+                                cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=_sigint_default)
+
+
+def _signal_when_logged(process: subprocess.Popen, stderr_path: Path, line: str, signals: list[int]) -> None:
+    """Sends `signals` (0.05 s apart) once the run's log has `line`."""
+    deadline = time.monotonic() + 120
+    while line not in stderr_path.read_text():
+        assert process.poll() is None and time.monotonic() < deadline, stderr_path.read_text()
+        time.sleep(0.01)
+    for signum in signals:
+        process.send_signal(signum)
+        time.sleep(0.05)
+
+
+def _outcome(process: subprocess.Popen, stderr_path: Path) -> tuple[int, list[str]]:
+    process.wait(timeout=120)
+    lines = stderr_path.read_text().splitlines()
+    return process.returncode, [line for line in lines if not MXNET_LOG_LINE.match(line)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGTERM and preexec_fn")
+def test_stops_mid_epoch_on_sigterm_and_sigint_resume_bit_for_bit_and_a_second_sigint_exits_at_once(tmp_path):
+    """SIGTERM in epoch 0, then SIGINT in the resumed run's epoch 1: each saves a mid-epoch checkpoint
+    and exits 143 / 130 with one line, and the run resumed from them ends with an uninterrupted
+    run's weights, bit for bit. Beside them, a run sent two SIGINTs exits at once, 130, its
+    checkpoints whole."""
+    import torch
+
+    from flow import checkpoints
+
+    whole = _flow_run(tmp_path / "whole", tmp_path / "whole.err")
+    split = _flow_run(tmp_path / "split", tmp_path / "split.err")
+    twice = _flow_run(tmp_path / "twice", tmp_path / "twice.err", "--set", "train.num_epochs=100")
+    for signum, epoch, outcome in ((signal.SIGTERM, 0, (143, ["flow run: terminated"])),
+                                   (signal.SIGINT, 1, (130, ["flow run: interrupted"]))):
+        _signal_when_logged(split, tmp_path / "split.err", f"Epoch[{epoch}] Batch [2-4]", [signum])
+        assert _outcome(split, tmp_path / "split.err") == outcome
+        resumed, _ = checkpoints.newest_checkpoint(str(tmp_path / "split"))
+        assert (resumed.epoch, resumed.batch > 0) == (epoch, True), "saved mid-epoch"
+        split = _flow_run(tmp_path / "split", tmp_path / "split.err", "--resume")
+        if epoch == 0:
+            _signal_when_logged(twice, tmp_path / "twice.err", "Epoch[1] Batch [2-4]", [signal.SIGINT] * 2)
+            second = time.monotonic()
+            assert _outcome(twice, tmp_path / "twice.err") == (130, ["flow run: interrupted"])
+            assert time.monotonic() - second < 10  # the interpreter's and torch's teardown, no more training
+            assert checkpoints.newest_checkpoint(str(tmp_path / "twice"))[1] == []  # what was written verifies
+    assert _outcome(split, tmp_path / "split.err") == (0, [])
+    assert _outcome(whole, tmp_path / "whole.err") == (0, [])
+    whole_params = checkpoints.load_checkpoint(str(tmp_path / "whole"), 2)[0]
+    split_params = checkpoints.load_checkpoint(str(tmp_path / "split"), 2)[0]
+    assert all(torch.equal(whole_params[name], split_params[name]) for name in whole_params)

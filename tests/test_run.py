@@ -1,5 +1,6 @@
 """The training pipeline end to end: actors wired by flow.run, on small data, on the CPU."""
 
+import dataclasses
 import logging
 import re
 import sys
@@ -17,8 +18,8 @@ from flow.errors import CheckpointError, ConfigError, FlowError, NonFiniteLossEr
 from flow.event_log import event_log_path, read_events
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
                          LearningRateAdjusted, LearningRateChanged, NonFiniteUpdatesSkipped, RunFailed,
-                         RunFinished, RunStarted, Validation)
-from flow.run import open_run, train
+                         RunFinished, RunStarted, RunStopped, Validation)
+from flow.run import open_run, softmax_cross_entropy, train
 from tests.fixtures import MXNET_FIXTURES, REPO_ROOT
 
 
@@ -456,3 +457,92 @@ async def test_skip_nonfinite_skips_those_updates_and_counts_them_each_epoch(tmp
         NonFiniteUpdatesSkipped(0, 2, 6), NonFiniteUpdatesSkipped(1, 1, 6)]
     assert "Epoch[0] skipped 2 of its 6 updates: their loss was NaN or inf (train.skip_nonfinite)" in caplog.messages
     assert all(torch.isfinite(tensor).all() for tensor in final_params(tmp_path, 2).values())
+
+
+def dropout_image_net():
+    """dropout_net for 3x32x32 images."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 32), torch.nn.ReLU(),
+                                   torch.nn.Dropout(0.5), torch.nn.Linear(32, 10))
+
+
+def shuffled_records_config(folder, devices, resume=False):
+    """MXNet's 800 training records, shuffled, randomly cropped and mirrored: 80 batches an epoch."""
+    return config_from_dict({
+        "data": {"data_train": str(MXNET_FIXTURES / "train.rec"), "image_shape": [3, 32, 32], "num_classes": 10,
+                 "batch_size": 10, "data_nthreads": 1, "random_crop": True, "random_mirror": True,
+                 "rgb_mean": [123.68, 116.779, 103.939], "rgb_std": [58.393, 57.12, 57.375]},
+        "train": {"num_epochs": 2, "lr": 0.01, "mom": 0.9, "lr_step_epochs": [1], "disp_batches": 20,
+                  "devices": devices},
+        "checkpoint": {"model_prefix": str(folder / "model"), "resume": resume},
+    })
+
+
+@pytest.mark.parametrize("devices", [["cpu"], ["cpu", "cpu"]])
+async def test_a_run_stopped_mid_epoch_then_resumed_equals_one_never_stopped_bit_for_bit(tmp_path, devices):
+    """The stopped run saves its position in the epoch's shuffled order and each replica's dropout
+    draws; the resumed one skips the batches done and ends with the uninterrupted run's weights."""
+    whole = await train(shuffled_records_config(tmp_path / "whole", devices), model=dropout_image_net())
+    assert whole.stopped_at is None
+    losses = 0
+    stop_at_loss = (80 + 3) * len(devices)  # in the 4th step of epoch 1 (a loss a replica a step)
+
+    def stopping_loss(logits, label):
+        nonlocal losses
+        losses += 1
+        if losses == stop_at_loss:  # from the replica's worker thread, as a program's own thread would
+            trio.from_thread.run_sync(run.stop)
+        return softmax_cross_entropy(logits, label)
+
+    async with open_run(shuffled_records_config(tmp_path / "split", devices), model=dropout_image_net(),
+                        loss=stopping_loss) as run:
+        events = run.events()
+        stopped = await run.wait()
+    events = [event async for event in events]
+    epoch, batch = stopped.stopped_at
+    # The steps already sent finish: with a parameter server one at a time, else up to 16 ahead.
+    assert epoch == 1 and (batch == 4 if len(devices) > 1 else 4 <= batch < 80)
+    assert [(e.epoch, e.batch) for e in events if isinstance(e, CheckpointSaved)] == [(1, 0), (1, batch)]
+    assert isinstance(events[-1], RunStopped) and (events[-1].epoch, events[-1].batch) == (1, batch)
+    mid_epoch = tmp_path / "split" / f"model-0001-batch{batch:05d}.params"
+    assert mid_epoch.exists()
+
+    resumed = await train(shuffled_records_config(tmp_path / "split", devices, resume=True), model=dropout_image_net())
+    assert resumed.stopped_at is None and resumed.updates == whole.updates == 160
+    whole_params, split_params = final_params(tmp_path / "whole", 2), final_params(tmp_path / "split", 2)
+    assert all(torch.equal(whole_params[name], split_params[name]) for name in whole_params)
+    assert not mid_epoch.exists()  # the epoch-2 checkpoint went past it
+
+
+async def test_a_stop_mid_epoch_with_a_watch_saves_the_watches_and_is_no_early_stop(tmp_path):
+    """The mid-epoch checkpoint holds the watches after the last validation, so the resumed run's early
+    stopping counts on from them; the stopped run ends with RunStopped, not EarlyStopped."""
+    config = small_config(tmp_path, train={"num_epochs": 3, "devices": ["cpu", "cpu"], "early_stop_patience": 5})
+    losses = 0
+
+    def stopping_loss(logits, label):
+        nonlocal losses
+        losses += 1
+        if losses == (6 + 3) * 2:  # in the 4th step of epoch 1; a parameter server: one step at a time
+            trio.from_thread.run_sync(run.stop)
+        return softmax_cross_entropy(logits, label)
+
+    async with open_run(config, model=None, loss=stopping_loss, train_data=synthetic_data(),
+                        val_data=synthetic_data(seed=1)) as run:
+        events = run.events()
+        stopped = await run.wait()
+    events = [event async for event in events]
+    assert stopped.stopped_at == (1, 4) and isinstance(events[-1], RunStopped)
+    assert not [event for event in events if type(event).__name__ == "EarlyStopped"]
+    mid_epoch = checkpoints.read_checkpoint(str(tmp_path / "model"), 1, 4)
+    assert mid_epoch.states["watch"]["early_stop"]["best_epoch"] == 0
+
+    resumed = await train(dataclasses.replace(config, checkpoint=dataclasses.replace(config.checkpoint, resume=True)),
+                          train_data=synthetic_data(), val_data=synthetic_data(seed=1))
+    whole = small_config(tmp_path / "whole", train={"num_epochs": 3, "devices": ["cpu", "cpu"],
+                                                    "early_stop_patience": 5})
+    await train(whole, train_data=synthetic_data(), val_data=synthetic_data(seed=1))
+    assert resumed.stopped_at is None and resumed.epochs == 2
+    assert (checkpoints.read_checkpoint(str(tmp_path / "model"), 3).states["watch"]
+            == checkpoints.read_checkpoint(str(tmp_path / "whole" / "model"), 3).states["watch"])
