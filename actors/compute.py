@@ -29,7 +29,7 @@ from flow.seeding import derive_seed
 class ComputeSettings:
     device: str
     replica: int
-    precision: str  # "fp32" or "bf16" (autocast)
+    precision: str  # "fp32", or "bf16" or "fp16" (autocast; fp16's loss scale is the updater's)
     seed: int
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # RGB, for uint8 NHWC batches (data.layout "uint8_nhwc")
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -139,6 +139,8 @@ class _Replica:
     def autocast(self):
         if self.settings.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.settings.precision == "fp16":
+            return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
     def inputs(self, data: torch.Tensor) -> torch.Tensor:
@@ -172,7 +174,10 @@ class _Replica:
         loss = self.loss_fn(logits.float(), label)
         if work.weight is not None:
             loss = loss * work.weight.to(self.device, non_blocking=True)
-        loss.sum().backward()
+        total = loss.sum()
+        if self.updater is not None:
+            total = self.updater.scale_loss(total)  # fp16: times the loss scale, which the update divides out
+        total.backward()
         if monitored is not None:
             monitored.record_gradients()
         statistics = self.statistics(work.label, logits.detach(), work.samples)
