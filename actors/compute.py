@@ -32,7 +32,7 @@ from flow.user_code import user_code_error
 class ComputeSettings:
     device: str
     replica: int
-    precision: str  # "fp32" or "bf16" (autocast)
+    precision: str  # "fp32", or "bf16" or "fp16" (autocast; fp16's loss scale is the updater's)
     seed: int
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # RGB, for uint8 NHWC batches (data.layout "uint8_nhwc")
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -159,6 +159,8 @@ class _Replica:
     def autocast(self):
         if self.settings.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.settings.precision == "fp16":
+            return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
     def inputs(self, data: torch.Tensor) -> torch.Tensor:
@@ -197,7 +199,8 @@ class _Replica:
                 loss = loss * work.weight.to(self.device, non_blocking=True)
             loss_sum = loss.sum()
             stage = "the model's backward"
-            loss_sum.backward()
+            # fp16: times the loss scale, which the update divides out
+            (loss_sum if self.updater is None else self.updater.scale_loss(loss_sum)).backward()
         except FlowError:  # flow's own error, met inside the user's code: already one line
             raise
         except (Exception, SystemExit) as error:  # SystemExit too: the model's exit() ends the run, not the process

@@ -67,7 +67,8 @@ def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
 def updater_settings(train: TrainConfig) -> UpdaterSettings:
     return UpdaterSettings(optimizer=train.optimizer, lr=train.lr, momentum=train.mom, nesterov=train.nesterov,
                            weight_decay=train.wd, clip_gradient=train.clip_gradient, lr_mult=train.lr_mult,
-                           wd_mult=train.wd_mult, centered=train.centered)
+                           wd_mult=train.wd_mult, centered=train.centered,
+                           loss_scaling=train.precision == "fp16")
 
 
 def compute_settings(config: Config, replica: int) -> ComputeSettings:

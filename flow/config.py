@@ -162,7 +162,7 @@ class TrainConfig:
     centered: bool = knob(False)  # rmsprop: MXNet's centered variant
     wd: float = knob(0.0001, "a non-negative float", _non_negative)
     clip_gradient: float = knob(0.0, "a non-negative float (0: no clipping)", _non_negative)
-    precision: str = knob("fp32", choices=("fp32", "bf16"))
+    precision: str = knob("fp32", choices=("fp32", "bf16", "fp16"))
     metrics: tuple[str, ...] = knob(("accuracy",), "a list of metric names", lambda v: len(v) > 0)
     top_k: int = knob(0, "a non-negative integer", _non_negative)
     disp_batches: int = knob(20, "a positive integer", _positive)

@@ -16,11 +16,12 @@ import math
 from dataclasses import asdict, dataclass
 
 from flow.errors import ConfigError
-from flow.metrics import (MAE, MSE, RMSE, Accuracy, CrossEntropy, F1, TopKAccuracy, create_metric,
-                          metric_arguments_problem)
+from flow.metrics import (F1, MAE, MCC, MSE, RMSE, Accuracy, CrossEntropy, Loss, NegativeLogLikelihood,
+                          PearsonCorrelation, Perplexity, TopKAccuracy, create_metric, metric_arguments_problem)
 
-HIGHER_IS_BETTER = {Accuracy: True, TopKAccuracy: True, F1: True, CrossEntropy: False, MAE: False, MSE: False,
-                    RMSE: False}
+HIGHER_IS_BETTER = {Accuracy: True, TopKAccuracy: True, F1: True, MCC: True, PearsonCorrelation: True,
+                    CrossEntropy: False, NegativeLogLikelihood: False, Perplexity: False, Loss: False, MAE: False,
+                    MSE: False, RMSE: False}
 
 
 def watched_metric(metrics: tuple[str, ...], top_k: int, name: str = "") -> tuple[str, str]:

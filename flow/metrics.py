@@ -147,6 +147,14 @@ class TopKAccuracy(EvalMetric):
         return int((ranked == label[:, None]).sum()), label.size
 
 
+def _label_probabilities(name: str, label: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """p[label] of each sample: the output's (batch, classes) probabilities picked at the labels."""
+    label = label.ravel().astype(np.int64)
+    if output.ndim != 2 or output.shape[0] != label.size:
+        raise ValueError(f"metric {name}: {label.size} labels for outputs of shape {output.shape}")
+    return output[np.arange(label.size), label]
+
+
 class CrossEntropy(EvalMetric):
     """Mean over samples of -log(p[label] + eps), p the output probabilities (MXNet CrossEntropy)."""
 
@@ -155,11 +163,26 @@ class CrossEntropy(EvalMetric):
         self.eps = eps
 
     def _pair_statistics(self, label, output):
-        label = label.ravel().astype(np.int64)
-        if output.ndim != 2 or output.shape[0] != label.size:
-            raise ValueError(f"metric {self.name}: {label.size} labels for outputs of shape {output.shape}")
-        probability = output[np.arange(label.size), label]
+        probability = _label_probabilities(self.name, label, output)
         return float((-np.log(probability + self.eps)).sum()), label.size
+
+
+def _binary_counts(name: str, labels: list[np.ndarray], outputs: list[np.ndarray]) -> tuple[int, int, int, int]:
+    """(true positives, false positives, false negatives, true negatives) over every (label, output)
+    pair of one update, class 1 positive, prediction = argmax (MXNet's _BinaryClassificationMetrics)."""
+    true_positives = false_positives = false_negatives = true_negatives = 0
+    for label, output in zip(labels, outputs):
+        label = label.astype(np.int32).ravel()
+        predicted = output.argmax(axis=1).ravel()
+        _check_same_size(name, label, predicted)
+        if np.unique(label).size > 2:
+            raise ConfigError(f"metric {name} supports binary classification only; the labels hold more than 2 classes")
+        predicted_positive, actual_positive = predicted == 1, label == 1
+        true_positives += int((predicted_positive & actual_positive).sum())
+        false_positives += int((predicted_positive & ~actual_positive).sum())
+        false_negatives += int((~predicted_positive & actual_positive).sum())
+        true_negatives += int((~predicted_positive & ~actual_positive).sum())
+    return true_positives, false_positives, false_negatives, true_negatives
 
 
 class F1(EvalMetric):
@@ -172,25 +195,100 @@ class F1(EvalMetric):
         super().__init__("f1")
 
     def _statistics(self, labels, outputs):
-        true_positives = false_positives = false_negatives = 0
-        for label, output in zip(labels, outputs):
-            label = label.astype(np.int32).ravel()
-            predicted = output.argmax(axis=1).ravel()
-            _check_same_size(self.name, label, predicted)
-            if np.unique(label).size > 2:
-                raise ConfigError("metric f1 supports binary classification only; the labels hold more than 2 classes")
-            predicted_positive, actual_positive = predicted == 1, label == 1
-            true_positives += int((predicted_positive & actual_positive).sum())
-            false_positives += int((predicted_positive & ~actual_positive).sum())
-            false_negatives += int((~predicted_positive & actual_positive).sum())
+        true_positives, false_positives, false_negatives, _ = _binary_counts(self.name, labels, outputs)
         precision = _ratio(true_positives, true_positives + false_positives)
         recall = _ratio(true_positives, true_positives + false_negatives)
         f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
         return f1, 1
 
 
+class MCC(EvalMetric):
+    """Binary Matthews correlation coefficient, (TP*TN - FP*FN) / sqrt((TP+FP)(TP+FN)(TN+FP)(TN+FN))
+    with every zero factor of the denominator taken as 1 (so a constant prediction scores 0), in
+    MXNet's average="macro": as F1, the mean over updates of each update's own coefficient."""
+
+    def __init__(self):
+        super().__init__("mcc")
+
+    def _statistics(self, labels, outputs):
+        true_pos, false_pos, false_neg, true_neg = _binary_counts(self.name, labels, outputs)
+        denominator = 1.0
+        for factor in (true_pos + false_pos, true_pos + false_neg, true_neg + false_pos, true_neg + false_neg):
+            if factor:
+                denominator *= factor
+        return (true_pos * true_neg - false_pos * false_neg) / math.sqrt(denominator), 1
+
+
 def _ratio(part: int, whole: int) -> float:
     return part / whole if whole > 0 else 0.0
+
+
+class NegativeLogLikelihood(EvalMetric):
+    """Mean over samples of -log(p[label] + eps) (MXNet's NegativeLogLikelihood, alias nll_loss;
+    the same figure as CrossEntropy under its own name)."""
+
+    def __init__(self, eps: float = 1e-12):
+        super().__init__("nll-loss")
+        self.eps = eps
+
+    def _pair_statistics(self, label, output):
+        probability = _label_probabilities(self.name, label, output)
+        return float((-np.log(probability + self.eps)).sum()), label.size
+
+
+class Perplexity(EvalMetric):
+    """exp(sum(-log max(p[label], 1e-10)) / samples), the sums and counts pooled over every update
+    (MXNet's Perplexity with ignore_label=None: every label counts; the value is exp of the pooled
+    mean, not a mean of per-batch perplexities). Labels past the last class are clipped to it, as
+    MXNet's pick does."""
+
+    def __init__(self):
+        super().__init__("perplexity")
+
+    def _pair_statistics(self, label, output):
+        if label.size * output.shape[-1] != output.size:
+            raise ValueError(f"metric {self.name}: {label.size} labels for outputs of shape {output.shape}")
+        classes = output.reshape(label.size, output.shape[-1])
+        picked = np.clip(label.ravel().astype(np.int64), 0, classes.shape[1] - 1)
+        probability = classes[np.arange(label.size), picked]
+        return float(-np.log(np.maximum(probability, 1e-10)).sum()), label.size
+
+    def get(self) -> NameValues:
+        return [(name, math.exp(mean)) for name, mean in super().get()]  # exp(nan) is nan
+
+    def get_global(self) -> NameValues:
+        return [(name, math.exp(mean)) for name, mean in super().get_global()]
+
+
+class PearsonCorrelation(EvalMetric):
+    """Pearson's r between the flattened outputs and labels, MXNet's average="macro": one
+    coefficient per (label, output) pair, the value their mean. Labels and outputs must hold as
+    many numbers (a regression network's (N, 1) outputs against (N,) labels, or one-hot labels
+    against class probabilities). A constant side has no coefficient: NaN, as numpy and MXNet."""
+
+    def __init__(self):
+        super().__init__("pearsonr")
+
+    def _pair_statistics(self, label, output):
+        label, output = label.ravel().astype(np.float64), output.ravel().astype(np.float64)
+        _check_same_size(self.name, label, output)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.corrcoef(output, label)[0, 1]), 1
+
+
+class Loss(EvalMetric):
+    """The mean training loss per sample. MXNet's Loss averages the values of a MakeLoss output;
+    flow's networks output class probabilities and train with softmax cross-entropy, so `loss`
+    reads that loss off the probabilities: -log p[label], mean over samples, p floored at
+    float32's smallest normal so that an underflowed probability gives a large finite figure.
+    Unlike `ce` it adds no eps: it is the training loss to float32 rounding."""
+
+    def __init__(self):
+        super().__init__("loss")
+
+    def _pair_statistics(self, label, output):
+        probability = _label_probabilities(self.name, label, output).astype(np.float64)
+        return float(-np.log(np.maximum(probability, np.finfo(np.float32).tiny)).sum()), label.size
 
 
 class _Regression(EvalMetric):
@@ -270,6 +368,13 @@ _METRICS = {
     "ce": CrossEntropy,
     "cross-entropy": CrossEntropy,
     "f1": F1,
+    "mcc": MCC,
+    "negativeloglikelihood": NegativeLogLikelihood,
+    "nll_loss": NegativeLogLikelihood,
+    "perplexity": Perplexity,
+    "pearsoncorrelation": PearsonCorrelation,
+    "pearsonr": PearsonCorrelation,
+    "loss": Loss,
     "mae": MAE,
     "mse": MSE,
     "rmse": RMSE,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flow.errors import ConfigError
+from flow.loss_scaling import LossScaler
 
 MXNET_OPTIMIZERS = ("sgd", "nag", "adam", "rmsprop", "adagrad", "adadelta")
 TORCH_OPTIMIZERS = ("torch_sgd", "torch_adam")
@@ -54,6 +55,7 @@ class UpdaterSettings:
     lr_mult: Mapping[str, float] = field(default_factory=dict)  # glob pattern of names -> multiplier
     wd_mult: Mapping[str, float] = field(default_factory=dict)
     centered: bool = False  # rmsprop: MXNet's centered variant (Graves 2013)
+    loss_scaling: bool = False  # fp16: a dynamic loss scale (flow/loss_scaling.py), one device only
 
 
 def decays(name: str) -> bool:
@@ -296,6 +298,8 @@ class Updater:
         self.parameters = [parameter for _, parameter in named]
         self.settings = settings
         self.updates = 0
+        self.loss_scaler = (LossScaler(self.parameters, self.parameters[0].device.type)
+                            if settings.loss_scaling else None)
         if settings.optimizer in TORCH_OPTIMIZERS:
             self.torch_optimizer = _torch_optimizer(self.parameters, settings)
             return
@@ -310,10 +314,21 @@ class Updater:
                 slot.append(torch.zeros_like(parameter, memory_format=torch.preserve_format))
         self.groups = list(by_multipliers.values())
 
+    def scale_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """The loss to backpropagate: times the loss scale with loss_scaling, else itself."""
+        return loss if self.loss_scaler is None else self.loss_scaler.scale(loss)
+
     @torch.no_grad()
     def step(self, scale: float, lr: float) -> None:
         """Updates the parameters from their `.grad`, which hold sums over samples; `scale` = 1 / samples
-        (MXNet's rescale_grad)."""
+        (MXNet's rescale_grad). With loss_scaling the gradients are unscaled first, and a step whose
+        gradients are not all finite is skipped (not counted, no state changes) and the scale shrinks."""
+        if self.loss_scaler is not None:
+            self.loss_scaler.step(lambda: self._step(scale, lr))
+        else:
+            self._step(scale, lr)
+
+    def _step(self, scale: float, lr: float) -> None:
         gradients = [p.grad for p in self.parameters if p.grad is not None]
         torch._foreach_mul_(gradients, scale)
         self.updates += 1
@@ -339,14 +354,20 @@ class Updater:
         """A copy (the live state changes in place at the next step), with the rule's name, so that a
         resume with another optimizer is refused."""
         if self.settings.optimizer in TORCH_OPTIMIZERS:
-            return {"rule": self.settings.optimizer, "optimizer": copy.deepcopy(self.torch_optimizer.state_dict())}
-        states = {name: [slot[i].detach().clone() for slot in group.states]
-                  for group in self.groups for i, name in enumerate(group.names)}
-        return {"rule": self.settings.optimizer, "updates": self.updates, "states": states}
+            state = {"rule": self.settings.optimizer, "optimizer": copy.deepcopy(self.torch_optimizer.state_dict())}
+        else:
+            states = {name: [slot[i].detach().clone() for slot in group.states]
+                      for group in self.groups for i, name in enumerate(group.names)}
+            state = {"rule": self.settings.optimizer, "updates": self.updates, "states": states}
+        if self.loss_scaler is not None:
+            state["loss_scale"] = self.loss_scaler.state_dict()
+        return state
 
     @torch.no_grad()
     def load_state_dict(self, state: dict) -> None:
         check_resumable(state, self.settings.optimizer)
+        if self.loss_scaler is not None and "loss_scale" in state:  # else (an fp32 run's) the scale starts afresh
+            self.loss_scaler.load_state_dict(state["loss_scale"])
         if self.settings.optimizer in TORCH_OPTIMIZERS:
             self.torch_optimizer.load_state_dict(state["optimizer"])
             return

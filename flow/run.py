@@ -447,6 +447,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
     """
     devices = config.train.devices
     server = len(devices) > 1 or plan.cluster.distributed  # else the one device updates itself (no kvstore)
+    if server and config.train.precision == "fp16":
+        raise ConfigError("train.precision: fp16 trains on one device only (its loss scale is the updater's)")
     updater_settings = builders.updater_settings(config.train)
 
     # The actors hand over their copies of the model's parameters, in the model's order: named here.

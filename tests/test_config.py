@@ -119,7 +119,7 @@ def test_a_key_in_the_wrong_section_of_a_file_names_its_section(tmp_path):
 
 
 @pytest.mark.parametrize("train, message", [
-    ({"metrics": ["accuracy", "mcc"]}, f"train.metrics: unknown metric 'mcc'; valid: {', '.join(METRIC_NAMES)}"),
+    ({"metrics": ["accuracy", "pcc"]}, f"train.metrics: unknown metric 'pcc'; valid: {', '.join(METRIC_NAMES)}"),
     ({"top_k": 1}, "train.top_k: top_k_accuracy needs top_k >= 2 (0: no top-k metric; top-1 is accuracy), got 1"),
     ({"metrics": ["top_k_accuracy"]}, "train.top_k: top_k_accuracy needs top_k >= 2"),
 ])

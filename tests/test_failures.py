@@ -148,7 +148,7 @@ async def test_a_failing_actor_ends_the_run_promptly_with_its_error(tmp_path, mo
 
 
 @pytest.mark.parametrize("train_options, error", [
-    ({"metrics": ("mcc",)}, "unknown metric 'mcc'"),
+    ({"metrics": ("pcc",)}, "unknown metric 'pcc'"),
     ({"top_k": 1}, "top_k_accuracy needs top_k >= 2"),
 ])
 async def test_a_metric_the_metric_actor_cannot_make_ends_the_run(tmp_path, hang_clock, train_options, error):
@@ -198,12 +198,12 @@ def test_cli_prints_an_unknown_metric_as_one_line(monkeypatch, capsys, cli_run):
 
     def with_unknown_metric(*args, **kwargs):  # past config's checks, so that the metric actor meets it
         config = load_config(*args, **kwargs)
-        return dataclasses.replace(config, train=dataclasses.replace(config.train, metrics=("mcc",)))
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, metrics=("pcc",)))
     monkeypatch.setattr(flow.config, "load_config", with_unknown_metric)
     assert cli_run() == 1
     err = capsys.readouterr().err
     last = err.splitlines()[-1]
-    assert last.startswith("flow run: error: ") and "unknown metric 'mcc'; valid: " in last
+    assert last.startswith("flow run: error: ") and "unknown metric 'pcc'; valid: " in last
     assert "Traceback" not in err
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from flow.errors import ConfigError
-from flow.metrics import (F1, MAE, MSE, RMSE, Accuracy, CompositeMetric, CrossEntropy, TopKAccuracy,
+from flow.metrics import (F1, MAE, MCC, MSE, RMSE, Accuracy, CompositeMetric, CrossEntropy, Loss,
+                          NegativeLogLikelihood, PearsonCorrelation, Perplexity, TopKAccuracy,
                           create_metric, io_speed_line, speedometer_line, time_cost_line,
                           train_line, validation_line)
 
@@ -77,6 +78,66 @@ def test_f1_averages_per_update_scores():
     assert value(metric, global_=True) == pytest.approx(0.4)  # mean of 0.8 and 0, not pooled counts
     with pytest.raises(ConfigError, match="binary"):
         metric.update(np.array([0, 1, 2]), PROBABILITIES)
+
+
+def test_nll_loss_docstring_value():
+    metric = NegativeLogLikelihood()
+    metric.update([LABELS], [PROBABILITIES])
+    assert metric.get() == [("nll-loss", pytest.approx(0.57159948, rel=1e-6))]
+
+
+def test_mcc_averages_per_update_coefficients():
+    metric = MCC()
+    metric.update([LABELS], [PROBABILITIES])  # tp 2, fp 1, no negatives predicted: numerator 0
+    assert value(metric) == 0.0
+    metric.reset()
+    # predictions 1 0 1 0 1 against labels 1 1 0 0 1: tp 2, fn 1, fp 1, tn 1: (2 - 1) / sqrt(3*3*2*2)
+    metric.update(np.array([1, 1, 0, 0, 1]), np.array([[.2, .8], [.6, .4], [.3, .7], [.9, .1], [.1, .9]]))
+    assert value(metric) == pytest.approx(1 / 6)
+    metric.update(np.array([1, 0]), np.array([[.2, .8], [.6, .4]]))  # tp 1, tn 1: 1
+    # the mean of 1/6 and 1 (MXNet 1.9.1 prints 0.5833333333333334), not the pooled counts' 0.408
+    assert value(metric, global_=True) == pytest.approx(0.5833333333333334)
+    with pytest.raises(ConfigError, match="mcc supports binary"):
+        metric.update(np.array([0, 1, 2]), PROBABILITIES)
+
+
+def test_perplexity_is_exp_of_the_pooled_mean():
+    metric = Perplexity()
+    metric.update([LABELS], [PROBABILITIES])
+    assert metric.get() == [("perplexity", pytest.approx(1.7710976285155853, rel=1e-6))]
+    metric.update(np.array([0]), np.array([[0.0, 1.0]]))  # p = 0 counts as 1e-10
+    # exp((-log .3 - log 1 - log .6 - log 1e-10) / 4), as MXNet 1.9.1 prints it
+    assert value(metric, global_=True) == pytest.approx(485.4916974826884, rel=1e-6)
+    metric.reset()
+    assert math.isnan(value(metric))
+
+
+def test_pearsonr_averages_per_pair_coefficients():
+    metric = PearsonCorrelation()
+    metric.update([np.array([[1, 0], [0, 1], [0, 1]])], [PROBABILITIES])  # one-hot labels
+    assert metric.get() == [("pearsonr", pytest.approx(0.42163704544016178, rel=1e-6))]
+    metric.update(np.array([1, 2, 3, 4]), np.array([1, 3, 2, 5]).reshape(4, 1))  # r = 0.8315...
+    assert value(metric) == pytest.approx(0.6265794430302308, rel=1e-6)
+    with pytest.raises(ValueError, match="pearsonr"):
+        metric.update(LABELS, PROBABILITIES)
+
+
+def test_loss_is_the_mean_cross_entropy_training_loss():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 0.0, 3.0], [1.0, 4.0, -2.0]])
+    labels = torch.tensor([0, 1, 1])
+    metric = Loss()
+    metric.update(labels, torch.softmax(logits, dim=1))
+    expected = torch.nn.functional.cross_entropy(logits, labels).item()
+    assert metric.get() == [("loss", pytest.approx(expected, rel=1e-6))]
+    metric.update(np.array([0]), np.array([[0.0, 1.0]]))  # an underflowed probability: large, finite
+    assert value(metric) == pytest.approx((3 * expected - math.log(np.finfo(np.float32).tiny)) / 4)
+
+
+def test_mxnet_names_and_aliases_create_the_new_metrics():
+    metric = create_metric(["nll_loss", "NegativeLogLikelihood", "mcc", "perplexity", "pearsonr",
+                            "PearsonCorrelation", "loss"])
+    assert [name for name, _ in metric.get()] == ["nll-loss", "nll-loss", "mcc", "perplexity", "pearsonr",
+                                                  "pearsonr", "loss"]
 
 
 def test_regression_metrics_docstring_values():

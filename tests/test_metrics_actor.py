@@ -81,8 +81,8 @@ async def test_a_bus_that_does_not_take_events_holds_the_fit_loop_back():
 async def test_a_metric_it_cannot_make_is_its_error_and_closes_its_channels():
     output_send, output_receive = trio.open_memory_channel(1)
     event_send, event_receive = trio.open_memory_channel(1)
-    with pytest.raises(ConfigError, match="unknown metric 'mcc'"):
-        await metrics(MetricSettings(("mcc",), 0, 4, 2), output_receive, event_send)
+    with pytest.raises(ConfigError, match="unknown metric 'pcc'"):
+        await metrics(MetricSettings(("pcc",), 0, 4, 2), output_receive, event_send)
     with pytest.raises(trio.BrokenResourceError):  # the fit loop learns it at its next send
         output_send.send_nowait(outputs("train", 0, 0, 4))
     with pytest.raises(trio.EndOfChannel):  # and the bus ends

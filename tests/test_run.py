@@ -111,7 +111,7 @@ async def test_a_run_leaves_torchs_global_rng_as_it_found_it(tmp_path):
 
 @pytest.mark.parametrize("devices, optimizer", [(["cpu"], {}), (["cpu", "cpu"], {}), (["cpu"], {"optimizer": "adam"}),
                                                 (["cpu", "cpu"], {"optimizer": "rmsprop", "centered": True}),
-                                                (["cpu"], {"optimizer": "torch_sgd"})])
+                                                (["cpu"], {"optimizer": "torch_sgd"}), (["cpu"], {"precision": "fp16"})])
 async def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, devices, optimizer):
     steps = {"lr_step_epochs": [1, 3], "lr_factor": 0.5, "num_epochs": 4, "devices": devices, **optimizer}
     await train(small_config(tmp_path / "whole", train=steps), train_data=synthetic_data())
@@ -406,6 +406,20 @@ async def test_fine_tune_from_a_checkpoint_keeps_the_body_and_replaces_the_class
 async def test_optimizer_and_precision_options_train(tmp_path, train_options):
     result = await train(small_config(tmp_path, train=train_options), train_data=synthetic_data())
     assert result.updates == 12 and 0 <= result.train_metrics[0][1] <= 1
+
+
+async def test_fp16_trains_with_a_loss_scale_on_one_device_only(tmp_path):
+    config = small_config(tmp_path, train={"precision": "fp16", "num_epochs": 4})
+    fp32 = await train(small_config(tmp_path / "fp32", train={"num_epochs": 4}), train_data=synthetic_data())
+    result = await train(config, train_data=synthetic_data())
+    assert result.updates == 24
+    # as fp32 does (0.5 here), to fp16's rounding: well above the 0.25 of guessing among 4 classes
+    assert result.train_metrics[0][1] > 0.4
+    assert abs(result.train_metrics[0][1] - fp32.train_metrics[0][1]) < 0.1
+    assert "loss_scale" in checkpoints.load_checkpoint(str(tmp_path / "model"), 4)[1]["updater"]
+    with pytest.raises(ConfigError, match="train.precision: fp16 trains on one device only"):
+        await train(small_config(tmp_path / "two", train={"precision": "fp16", "devices": ["cpu", "cpu"]}),
+                    train_data=synthetic_data())
 
 
 async def test_a_custom_loss_is_what_the_model_learns_from(tmp_path):
