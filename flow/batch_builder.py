@@ -65,6 +65,7 @@ class BatchBuilder:
         self.image_shape = (height, width, 3)
         self.chunk = max(1, _CHUNK_BYTES // (height * width * 3))
         self.lock = threading.Lock()  # slices of one batch finish in different threads
+        self.last_fitted = False  # the last image decoded had the output's size: try the next straight in
         if self.float_output:
             batch_shape, dtype = (settings.batch_size, 3, height, width), np.float32
         else:
@@ -142,7 +143,10 @@ class BatchBuilder:
             encoded = memory[begin:end] if begin >= 0 else table.joined[position]
             slot = images[index]
             try:
-                image = decode(encoded, out=slot if direct else None, max_pixels=max_pixels)
+                image = decode(encoded, out=slot if direct else None, max_pixels=max_pixels,
+                               likely_fits=self.last_fitted)
+                # Shared by the worker threads: a race costs at most one header read or one refusal.
+                self.last_fitted = image is slot
                 if image is not slot:  # another size than the output, or reshaped on its way
                     augment.place(image, params, index, options, slot)
             except ImageError as error:

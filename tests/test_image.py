@@ -74,3 +74,21 @@ def test_an_image_of_another_size_than_out_is_decoded_into_a_new_array_never_int
     fitting = np.zeros((24, 32, 3), np.uint8)
     assert decode(data, out=fitting) is fitting
     assert calls == [None, (24, 32, 3)]
+
+
+def test_an_image_likely_to_fit_goes_straight_in_and_one_that_does_not_still_comes_out_whole(monkeypatch):
+    import simplejpeg
+
+    headers = []
+    real_header = simplejpeg.decode_jpeg_header
+    monkeypatch.setattr(simplejpeg, "decode_jpeg_header", lambda data: headers.append(1) or real_header(data))
+    pixels = np.random.default_rng(1).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    data = encode(pixels, ".jpg")
+    fitting = np.zeros((24, 32, 3), np.uint8)
+    assert decode(data, out=fitting, likely_fits=True) is fitting and headers == []  # no header read
+    small = np.zeros((8, 8, 3), np.uint8)
+    decoded = decode(data, out=small, likely_fits=True)
+    assert decoded is not small and decoded.shape == (24, 32, 3) and headers == [1]
+    assert np.array_equal(decoded, fitting)
+    with pytest.raises(ImageError, match="cannot decode"):
+        decode(b"\xff\xd8" + b"\x00" * 64, out=fitting, likely_fits=True)
