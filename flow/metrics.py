@@ -223,17 +223,12 @@ def _ratio(part: int, whole: int) -> float:
     return part / whole if whole > 0 else 0.0
 
 
-class NegativeLogLikelihood(EvalMetric):
-    """Mean over samples of -log(p[label] + eps) (MXNet's NegativeLogLikelihood, alias nll_loss;
-    the same figure as CrossEntropy under its own name)."""
+class NegativeLogLikelihood(CrossEntropy):
+    """MXNet's NegativeLogLikelihood (alias nll_loss): CrossEntropy's figure under its own name."""
 
     def __init__(self, eps: float = 1e-12):
-        super().__init__("nll-loss")
-        self.eps = eps
-
-    def _pair_statistics(self, label, output):
-        probability = _label_probabilities(self.name, label, output)
-        return float((-np.log(probability + self.eps)).sum()), label.size
+        super().__init__(eps)
+        self.name = "nll-loss"
 
 
 class Perplexity(EvalMetric):

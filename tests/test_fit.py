@@ -10,11 +10,10 @@ import torch
 import trio
 import trio.testing
 
-from flow.actors.checkpoint import Save
 from flow.actors.compute import EvalResult, EvalSlice, ReplicaState, SnapshotRequest, TrainResult, TrainSlice
 from flow.actors.loader import Batch, EpochEnd
 from flow.actors.metrics import SplitEnd, StepStatistics
-from flow.actors.param_server import StateRequest, Update, Updated
+from flow.actors.param_server import Update, Updated
 from flow.errors import FlowError, unwrapped_errors
 from flow.events import EarlyStopped, LearningRateChanged, RunFinished, RunStarted, Validation
 from flow.fit import FitChannels, FitSettings, fit, slice_bounds, steps_in_flight
