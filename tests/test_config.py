@@ -157,9 +157,11 @@ def test_fit_py_s_pow_steps_are_the_pow_schedule(tmp_path):
 # --------------------------------------------------------------------------- fuzzing through `flow run`
 
 FIELDS = [(section, field.name) for section, cls in SECTIONS.items() for field in dataclasses.fields(cls)
-          # not this part's: devices and kv_store need hardware or torchrun; checkpoints are another's.
+          # not this part's: devices and kv_store need hardware or torchrun; checkpoints are another's;
+          # the loggers' files would go wherever a fuzzed path points.
           if field.name not in ("devices", "kv_store", "load_epoch", "pretrained_prefix", "pretrained_epoch",
-                                "model_prefix", "data_train", "data_train_idx", "data_val", "data_val_idx")]
+                                "model_prefix", "data_train", "data_train_idx", "data_val", "data_val_idx",
+                                "csv_file", "tensorboard_dir")]
 SCALARS = (st.integers(-2**63, 2**63 - 1) | st.sampled_from([0, 1, 2, 3, -1, 2**24, 2**31, 10**12])
            | st.floats() | st.sampled_from([float("nan"), float("inf"), -float("inf"), 0.5, 2.5, 1e30])
            | st.booleans() | st.text(max_size=12) | st.sampled_from(["mlp", "lenet", "cosine", "pad", "adam", "acc"]))
@@ -232,7 +234,7 @@ def test_flow_run_on_fuzzed_values_exits_with_a_line_never_a_traceback(tmp_path_
     sets = [f"--set={text}" for text in raw_sets]
     for (section, key), value in changes:
         if in_file:
-            tables[section][key] = value
+            tables.setdefault(section, {})[key] = value
         else:
             sets.append(f"--set={section}.{key}={toml_value(value)}")
     path = write_toml(folder / "train.toml", tables)
