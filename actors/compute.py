@@ -25,6 +25,7 @@ from flow.metrics import create_metric
 from flow.monitor import Monitor
 from flow.optim import Updater
 from flow.seeding import derive_seed
+from flow.thread_budget import intra_op_threads
 from flow.user_code import user_code_error
 
 
@@ -41,6 +42,7 @@ class ComputeSettings:
     monitor: int = 0  # MXNet's Monitor every this many training batches, on replica 0 (flow/monitor.py); 0: off
     monitor_pattern: str = ".*"  # the names it watches (re.match)
     skip_nonfinite: bool = False  # a NaN/inf loss skips the step's update (else it ends the run)
+    torch_threads: int = 0  # torch's intra-op threads for this replica's ops (0: as its thread has them)
 
 
 @dataclass(frozen=True)
@@ -266,7 +268,7 @@ class _Replica:
 
     def run(self, messages: list) -> list:
         """Each message's answer, in order; the replica's random state is the live one meanwhile."""
-        with self.random.active():
+        with self.random.active(), intra_op_threads(self.settings.torch_threads):
             return [self.steps[type(message)](message) for message in messages]
 
 

@@ -11,6 +11,9 @@ import importlib.util
 import math
 from typing import AsyncIterable, Awaitable, Callable
 
+import torch
+
+from flow import thread_budget
 from flow.actors.checkpoint import CheckpointSettings
 from flow.actors.compute import ComputeSettings
 from flow.actors.loader import LoaderSettings
@@ -20,6 +23,7 @@ from flow.augment import AugmentSettings
 from flow.config import CheckpointConfig, Config, DataConfig, LogConfig, TrainConfig
 from flow.csv_log import log_csv
 from flow.errors import ConfigError
+from flow.events import ThreadsOversubscribed
 from flow.fit import FitSettings, steps_in_flight
 from flow.metric_watch import WatchSettings, watched_metric
 from flow.optim import UpdaterSettings
@@ -71,10 +75,46 @@ def updater_settings(train: TrainConfig) -> UpdaterSettings:
                            loss_scaling=train.precision == "fp16")
 
 
-def compute_settings(config: Config, replica: int) -> ComputeSettings:
+def compute_settings(config: Config, replica: int, decode_threads: int | None = None) -> ComputeSettings:
+    """`decode_threads`: the loader's, beside the devices (None: data.data_nthreads, as `loader_threads` says
+    for a run that reads records)."""
     train, data = config.train, config.data
+    if decode_threads is None:
+        decode_threads = loader_threads(config, reads_records=True)
     return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std,
-                           train.metrics, train.top_k, train.monitor, train.monitor_pattern, train.skip_nonfinite)
+                           train.metrics, train.top_k, train.monitor, train.monitor_pattern, train.skip_nonfinite,
+                           torch_threads(config, decode_threads))
+
+
+def loader_threads(config: Config, reads_records: bool) -> int:
+    """The decode threads that work beside the devices: data.data_nthreads when a loader reads records
+    (none for the caller's own batches or data.benchmark's synthetic ones)."""
+    return config.data.data_nthreads if reads_records and not config.data.benchmark else 0
+
+
+def cpu_devices(train: TrainConfig) -> int:
+    return sum(torch.device(name).type == "cpu" for name in train.devices)
+
+
+def torch_threads(config: Config, decode_threads: int) -> int:
+    """train.torch_threads, or when 0 the thread budget's: each CPU device's share of the cores the decode
+    threads leave, at most the count torch has in this (the caller's) thread."""
+    train = config.train
+    if train.torch_threads:
+        return train.torch_threads
+    return thread_budget.torch_threads(thread_budget.usable_cores(), decode_threads, cpu_devices(train),
+                                       torch.get_num_threads())
+
+
+def thread_warnings(config: Config, decode_threads: int) -> list[ThreadsOversubscribed]:
+    """A configured train.torch_threads that, beside the decode threads, outnumbers the cores: said at the
+    start (the budget's own choice never does; decode threads alone may)."""
+    train = config.train
+    cores, devices = thread_budget.usable_cores(), cpu_devices(train)
+    if devices and train.torch_threads and thread_budget.oversubscribed(train.torch_threads, devices,
+                                                                        decode_threads, cores):
+        return [ThreadsOversubscribed(train.torch_threads, devices, decode_threads, cores)]
+    return []
 
 
 def server_settings(train: TrainConfig) -> ServerSettings:

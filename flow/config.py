@@ -163,6 +163,10 @@ class TrainConfig:
     wd: float = knob(0.0001, "a non-negative float", _non_negative)
     clip_gradient: float = knob(0.0, "a non-negative float (0: no clipping)", _non_negative)
     precision: str = knob("fp32", choices=("fp32", "bf16", "fp16"))
+    # torch's intra-op threads in each device's compute thread (0: the cores data.data_nthreads leave,
+    # shared among the CPU devices, at most torch's own count; flow/thread_budget.py)
+    torch_threads: int = knob(0, "a non-negative integer, at most 1024 (0: the thread budget's)",
+                              lambda v: 0 <= v <= 1024)
     metrics: tuple[str, ...] = knob(("accuracy",), "a list of metric names", lambda v: len(v) > 0)
     top_k: int = knob(0, "a non-negative integer", _non_negative)
     disp_batches: int = knob(20, "a positive integer", _positive)

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from flow.events import (BatchEnd, BestCheckpointSaved, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified,
                          EarlyStopped, EpochEnd, LearningRateAdjusted, LearningRateChanged, MonitorStatistics,
-                         NonFiniteUpdatesSkipped, NumExamplesBelowRecords, RunStarted, RunStopped, Validation)
+                         NonFiniteUpdatesSkipped, NumExamplesBelowRecords, RunStarted, RunStopped, ThreadsOversubscribed,
+                         Validation)
 from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
 from flow.monitor import monitor_line
@@ -62,6 +63,11 @@ async def log_run(events: AsyncIterable, progress: bool | None = None) -> None:
             elif isinstance(event, CheckpointUnverified):
                 log.warning("%s: no checksums to verify (written by a flow from before them); loaded as it is",
                             event.path)
+            elif isinstance(event, ThreadsOversubscribed):
+                log.warning("train.torch_threads (%d) on %d CPU device(s) and data.data_nthreads (%d) exceed the %d "
+                            "cores this process may use: torch and the loader will take turns on them "
+                            "(train.torch_threads = 0 shares them out)", event.torch_threads, event.cpu_devices,
+                            event.decode_threads, event.cores)
             elif isinstance(event, LearningRateAdjusted):
                 log.info(adjust_line(event.lr, event.epoch))
             elif isinstance(event, LearningRateChanged):

@@ -49,6 +49,17 @@ class CheckpointUnverified:
 
 
 @dataclass(frozen=True)
+class ThreadsOversubscribed:
+    """At start-up: train.torch_threads on each CPU device plus the loader's decode threads outnumber the
+    cores, so the two take turns on them and training waits for data (flow/thread_budget.py)."""
+
+    torch_threads: int
+    cpu_devices: int
+    decode_threads: int
+    cores: int
+
+
+@dataclass(frozen=True)
 class LearningRateChanged:
     """A step of the lr schedule (multifactor, factor): update `num_update` is the first at `lr`."""
 
@@ -173,7 +184,7 @@ class MonitorStatistics:
 
 
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
-                                             CheckpointUnverified, LearningRateChanged, LearningRateAdjusted,
+                                             CheckpointUnverified, ThreadsOversubscribed, LearningRateChanged, LearningRateAdjusted,
                                              BatchEnd, EpochEnd, Validation, CheckpointSaved, BestCheckpointSaved,
                                              EarlyStopped, RunFinished, RunStopped, RunFailed, MonitorStatistics,
                                              NonFiniteUpdatesSkipped)}

@@ -198,6 +198,7 @@ class _Plan:
     warnings: list  # events published before training starts (warnings, fit.py's resume line)
     watch: object  # flow.metric_watch.WatchSettings, or None: the fit loop watches no validation metric
     loggers: list  # [log]'s loggers, each an async function of a subscription (one process runs them: rank 0)
+    decode_threads: int  # the loaders' decode threads, beside the devices' torch threads (flow/thread_budget.py)
     subscriptions: list[Subscription] = field(default_factory=list)
 
 
@@ -277,11 +278,14 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
         warmup_begin_lr=train.warmup_begin_lr, warmup_mode=train.warmup_mode)
     if begin_epoch and (resumed_lr := schedule.resumed_lr(begin_update)) is not None:
         warnings.append(LearningRateAdjusted(begin_epoch, resumed_lr))
+    decode_threads = builders.loader_threads(config, reads_records=train_loader is not None or val_loader is not None)
+    if cluster.rank == 0:
+        warnings.extend(builders.thread_warnings(config, decode_threads))
     return _Plan(model, spec, begin_epoch, begin_batch, begin_update, updater_state, random_states, schedule,
                  train_loader, val_loader,
                  train_records, val_records, train_data, val_data, epoch_size if num_examples else 0, cluster,
                  writes_files=bool(saving.model_prefix) and cluster.rank == 0, warnings=warnings, watch=watch,
-                 loggers=builders.loggers(config.log) if cluster.rank == 0 else [])
+                 loggers=builders.loggers(config.log) if cluster.rank == 0 else [], decode_threads=decode_threads)
 
 
 def _resume_point(saving: CheckpointConfig) -> tuple[checkpoints.Checkpoint | None, list[str]]:
@@ -495,8 +499,8 @@ async def _start_actors(nursery: trio.Nursery, config: Config, plan: _Plan, loss
         work_sends.append(work_send)
         # Copying a big model takes a while: not on the Trio thread.
         replica_model = await trio.to_thread.run_sync(copy.deepcopy, plan.model) if replica else plan.model
-        await nursery.start(compute, builders.compute_settings(config, replica), replica_model, loss, work_receive,
-                            result_send.clone(), None if server else make_updater,
+        await nursery.start(compute, builders.compute_settings(config, replica, plan.decode_threads), replica_model,
+                            loss, work_receive, result_send.clone(), None if server else make_updater,
                             plan.random_states[replica] if plan.random_states else None)
     result_send.close()
 
