@@ -11,7 +11,8 @@ from flow.config import config_from_dict
 from flow.console import log_run
 from flow.events import (BatchEnd, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified, EpochEnd,
                          LearningRateAdjusted, LearningRateChanged,
-                         NumExamplesBelowRecords, RunFailed, RunFinished, RunStarted, Validation)
+                         NumExamplesBelowRecords, RunFailed, RunFinished, RunStarted, ThreadsOversubscribed,
+                         Validation)
 from flow.run import open_run
 from tests.fixtures import MXNET_FIXTURES
 from tests.test_metrics import parse_log_regexes
@@ -20,6 +21,7 @@ EVENTS = [
     NumExamplesBelowRecords(100, 200, "data/val.rec"),
     CheckpointsSkipped(3, ["runs/m-0005.params: a", "runs/m-0004.states: b"]),
     CheckpointUnverified("runs/m-0003.params"),
+    ThreadsOversubscribed(2, 1, 4, 2),
     LearningRateAdjusted(0, 0.01),  # as a resumed run starts (here, for the lines, from epoch 0)
     RunStarted(0, 2, ["cpu"], "local", 1000, 4),
     BatchEnd(0, 2, 1234.5678, [("accuracy", 0.5), ("cross-entropy", 1.25)], 0.1, 0),
@@ -37,6 +39,8 @@ LINES = [
     "examples, so its epochs end mid-epoch, ahead of the epochs the log shows",
     "resuming from epoch 3, the newest checkpoint that verifies; skipped: runs/m-0005.params: a; runs/m-0004.states: b",
     "runs/m-0003.params: no checksums to verify (written by a flow from before them); loaded as it is",
+    "train.torch_threads (2) on 1 CPU device(s) and data.data_nthreads (4) exceed the 2 cores this process may use: "
+    "torch and the loader will take turns on them (train.torch_threads = 0 shares them out)",
     "Adjust learning rate to 1.000000e-02 for epoch 0",
     "Epoch[0] Batch [0-2]\tSpeed: 1234.57 samples/sec\taccuracy=0.500000\tcross-entropy=1.250000",
     "Epoch[0] Train-accuracy=0.600000",
@@ -79,7 +83,7 @@ async def test_events_become_exactly_mxnets_lines_in_order(caplog):
     await log_run(stream(EVENTS))
     records = flow_records(caplog)
     assert [record.getMessage() for record in records] == LINES
-    assert [record.levelno for record in records] == [logging.WARNING] * 3 + [logging.INFO] * (len(LINES) - 3)
+    assert [record.levelno for record in records] == [logging.WARNING] * 4 + [logging.INFO] * (len(LINES) - 4)
 
 
 async def test_the_lines_parse_with_parse_log(caplog):
