@@ -57,8 +57,9 @@ The fair rule:
     and binding the model are not timed. Epoch 1 includes each framework's warm-up inside the
     epoch; steady = rows / seconds over epochs 2..N.
   - Every peer gets the same torch intra-op thread count (--torch-threads, default torch's own
-    default, resolved here and passed on); MXNet gets it as OMP_NUM_THREADS. Loader decode
-    threads (flow, MXNet) are --decode-threads and share the same cores.
+    default, resolved here and passed on; flow as train.torch_threads, over its thread budget);
+    MXNet gets it as OMP_NUM_THREADS. Loader decode threads (flow, MXNet) are --decode-threads
+    and share the same cores.
   - No-op overhead per batch = flow-noop's steady us/batch - floor-noop's steady us/batch.
   - Tiny model: flow-tiny's steady us/batch / floor-tiny's (target <= 1.3x).
   - "train acc" is the last epoch's training accuracy: a check that every peer learns, not a
@@ -209,7 +210,7 @@ def run_flow(args) -> dict:
                  "num_classes": NUM_CLASSES, "batch_size": args.batch_size, "data_nthreads": args.decode_threads,
                  "rgb_mean": list(MEAN), "rgb_std": list(STD), "shuffle": True, "last_batch": "pad"},
         "train": {"num_epochs": args.epochs, "optimizer": "sgd", "lr": LR, "mom": MOMENTUM, "wd": WD,
-                  "metrics": ["accuracy"], "seed": SEED},
+                  "metrics": ["accuracy"], "seed": SEED, "torch_threads": args.torch_threads},
     }
     return run_flow_config(args, raw_config, lenet_256())
 
@@ -227,7 +228,7 @@ def run_flow_in_memory(args, model) -> dict:
     raw_config = {
         "data": {"image_shape": list(NOOP_SHAPE), "num_classes": NUM_CLASSES, "batch_size": args.batch_size},
         "train": {"num_epochs": args.epochs, "optimizer": "sgd", "lr": LR, "mom": MOMENTUM, "wd": WD,
-                  "metrics": ["accuracy"], "seed": SEED},
+                  "metrics": ["accuracy"], "seed": SEED, "torch_threads": args.torch_threads},
     }
     return run_flow_config(args, raw_config, model, train_data=batches)
 
