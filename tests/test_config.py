@@ -193,7 +193,7 @@ RAW_SETS = st.lists(st.tuples(st.sampled_from(FIELDS), st.text(max_size=12)).map
 # What a valid value may cost at most, so that one run of the fuzz stays well under a second.
 CHEAP = {("train", "num_epochs"): 2, ("data", "batch_size"): 64, ("data", "data_nthreads"): 4,
          ("data", "prefetch"): 8, ("data", "resize"): 128, ("data", "pad_size"): 64, ("model", "num_layers"): 0,
-         ("data", "num_parts"): 64, ("train", "top_k"): 10}
+         ("data", "num_parts"): 64, ("train", "top_k"): 10, ("train", "torch_threads"): 4}
 
 
 def toml_value(value) -> str:
