@@ -14,16 +14,17 @@ Usage (from the repository root, with the project venv):
 The peers, each in a fresh process, in --rounds interleaved rounds:
   loader   the loader alone: flow run with a no-op model (one parameter), so an epoch is the
            loader's time to decode, normalize and hand over its batches.
-  compute  the model alone: flow run on the same number of batches held in memory (train_data=),
-           torch's default thread count (nothing else wants the cores).
+  compute  the model alone: flow run on as many batches held in memory (train_data=), at the
+           budget's thread count (what the model gets in `budget`).
   budget   flow run, loader and model: train.torch_threads = 0, the budget's count.
   default  flow run, loader and model: train.torch_threads = torch's default count, what every
            flow run had before the budget.
 
 The workload: --records 64x64 JPEG records (the MXNet-made fixtures repeated, as bench/test_io.py
 writes them into --data-dir), batch --batch-size, --decode-threads decode threads, shuffled, no
-augmentation; the model conv 5x5 (--channels filters) -> tanh -> max-pool 2 -> fc 10 (its size
-sets how long compute takes beside the loader), SGD, softmax cross-entropy, accuracy.
+augmentation; the model avg-pool --pool -> conv 5x5 (--channels filters) -> tanh -> max-pool 2
+-> fc 10 (its size sets how long compute takes beside the loader: by default about as long as
+the loader here), SGD, softmax cross-entropy, accuracy.
 
 Figures: an epoch's seconds are its EpochEnd event's (from its first batch taken to its last
 update); steady = the median over epochs 2..N; CPU is the process's CPU time (all threads) over
@@ -34,6 +35,7 @@ shared machine the CPU a process gets moves its times, and a round's peers run b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -47,7 +49,7 @@ import test_io  # bench/test_io.py: the dataset
 
 PEERS = {
     "loader": "loader alone (no-op model)",
-    "compute": "model alone (in-memory batches)",
+    "compute": "model alone (in-memory batches), budget's threads",
     "budget": "loader + model, thread budget",
     "default": "loader + model, torch's default threads",
 }
@@ -60,7 +62,8 @@ IMAGE_SHAPE = (3, 64, 64)
 # --------------------------------------------------------------------------- workers (child processes)
 
 
-def model(args):
+def model(args, counts: list):
+    """The peer's model; each forward appends the intra-op thread count it runs under to `counts`."""
     import torch
     from torch import nn
 
@@ -74,11 +77,23 @@ def model(args):
             def forward(self, data):
                 return data.flatten(1)[:, :NUM_CLASSES] * self.weight
 
-        return NoOp()
-    _, height, width = IMAGE_SHAPE
-    flat = args.channels * ((height - 4) // 2) * ((width - 4) // 2)
-    return nn.Sequential(nn.Conv2d(3, args.channels, 5), nn.Tanh(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(flat, NUM_CLASSES))
+        layers = NoOp()
+    else:
+        _, height, width = IMAGE_SHAPE
+        side = (height // args.pool - 4) // 2, (width // args.pool - 4) // 2
+        layers = nn.Sequential(nn.AvgPool2d(args.pool), nn.Conv2d(3, args.channels, 5), nn.Tanh(), nn.MaxPool2d(2),
+                               nn.Flatten(), nn.Linear(args.channels * side[0] * side[1], NUM_CLASSES))
+
+    class Counted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, data):
+            counts.append(torch.get_num_threads())
+            return self.layers(data)
+
+    return Counted()
 
 
 def in_memory_batches(args):
@@ -109,20 +124,24 @@ def worker_main(args) -> None:
     from flow.run import open_run
 
     rec_path, _ = test_io.dataset_paths(args.data_dir, args.records)
-    torch_threads = torch.get_num_threads() if args.worker in ("default", "compute") else 0
+    in_memory = args.worker == "compute"
     config = config_from_dict({
         "data": {"data_train": str(rec_path), "image_shape": list(IMAGE_SHAPE), "num_classes": NUM_CLASSES,
                  "batch_size": args.batch_size, "data_nthreads": args.decode_threads, "shuffle": True,
                  "rgb_mean": list(test_io.MEAN), "rgb_std": list(test_io.STD)},
-        "train": {"num_epochs": args.epochs, "lr": 0.01, "mom": 0.9, "torch_threads": torch_threads,
-                  "disp_batches": 10 ** 6},
+        "train": {"num_epochs": args.epochs, "lr": 0.01, "mom": 0.9, "disp_batches": 10 ** 6},
     })
-    in_memory = args.worker == "compute"
+    if args.worker == "default":
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                       torch_threads=torch.get_num_threads()))
+    elif in_memory:  # no decode threads here, but the budget's count as if there were
+        config = dataclasses.replace(config, train=dataclasses.replace(
+            config.train, torch_threads=builders.torch_threads(config, args.decode_threads)))
     train_data = in_memory_batches(args) if in_memory else None
-    seconds, cpu_marks = [], []
+    seconds, cpu_marks, counts = [], [], []
 
     async def train() -> None:
-        async with open_run(config, model=model(args), train_data=train_data) as run:
+        async with open_run(config, model=model(args, counts), train_data=train_data) as run:
             async for event in run.events():
                 if isinstance(event, RunStarted):
                     cpu_marks.append(time.process_time())
@@ -134,8 +153,7 @@ def worker_main(args) -> None:
     trio.run(train)
     print(RESULT_PREFIX + json.dumps({
         "seconds": seconds, "cpu": [end - start for start, end in zip(cpu_marks, cpu_marks[1:])],
-        "torch_threads": builders.torch_threads(config, 0 if in_memory else args.decode_threads),
-        "cores": len(os.sched_getaffinity(0))}), flush=True)
+        "torch_threads": sorted(set(counts)), "cores": len(os.sched_getaffinity(0))}), flush=True)
 
 
 # --------------------------------------------------------------------------- parent
@@ -144,7 +162,7 @@ def worker_main(args) -> None:
 def measure(args, peer: str) -> dict:
     command = [sys.executable, __file__, "--worker", peer, "--data-dir", str(args.data_dir),
                "--records", str(args.records), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs),
-               "--decode-threads", str(args.decode_threads), "--channels", str(args.channels)]
+               "--decode-threads", str(args.decode_threads), "--channels", str(args.channels), "--pool", str(args.pool)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -159,7 +177,7 @@ def measure(args, peer: str) -> dict:
 def print_table(args, rounds: list[dict[str, dict]]) -> None:
     first = rounds[0][args.only[0]]
     print(f"\n{args.records} 64x64 JPEGs, batch {args.batch_size}, {args.decode_threads} decode thread(s), "
-          f"conv {args.channels} filters, {args.epochs} epochs (steady: 2..{args.epochs}), {first['cores']} cores, "
+          f"avg-pool {args.pool}, conv {args.channels} filters, {args.epochs} epochs (steady: 2..{args.epochs}), {first['cores']} cores, "
           f"{len(rounds)} interleaved rounds; medians over rounds\n")
     print("| peer | torch threads | steady epoch s | CPU s / epoch | epoch vs default | CPU vs default |")
     print("| --- | --- | --- | --- | --- | --- |")
@@ -174,7 +192,8 @@ def print_table(args, rounds: list[dict[str, dict]]) -> None:
             ratios = f"{epoch_ratio:.2f}x | {cpu_ratio:.2f}x"
         else:
             ratios = "- | -"
-        print(f"| {peer}: {PEERS[peer]} | {results[0]['torch_threads']} | {epoch:.2f}{spread} | {cpu:.2f} | {ratios} |")
+        threads = ",".join(map(str, results[0]["torch_threads"]))
+        print(f"| {peer}: {PEERS[peer]} | {threads} | {epoch:.2f}{spread} | {cpu:.2f} | {ratios} |")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -185,12 +204,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=4, help="epoch 1 is warm-up; steady is the rest")
     parser.add_argument("--decode-threads", type=int, default=2)
-    parser.add_argument("--channels", type=int, default=4, help="the conv's filters: compute's cost")
+    parser.add_argument("--channels", type=int, default=16, help="the conv's filters: compute's cost")
+    parser.add_argument("--pool", type=int, default=4, help="the model's first avg-pool: compute's cost")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=",".join(PEERS), help=f"comma-separated peers: {', '.join(PEERS)}")
     parser.add_argument("--worker", choices=list(PEERS), help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
-    return arguments.check(parser, args, ("records", "batch_size", "epochs", "decode_threads", "channels", "rounds"),
+    return arguments.check(parser, args, ("records", "batch_size", "epochs", "decode_threads", "channels", "pool", "rounds"),
                            PEERS)
 
 
