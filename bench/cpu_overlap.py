@@ -177,8 +177,8 @@ def measure(args, peer: str) -> dict:
 def print_table(args, rounds: list[dict[str, dict]]) -> None:
     first = rounds[0][args.only[0]]
     print(f"\n{args.records} 64x64 JPEGs, batch {args.batch_size}, {args.decode_threads} decode thread(s), "
-          f"avg-pool {args.pool}, conv {args.channels} filters, {args.epochs} epochs (steady: 2..{args.epochs}), {first['cores']} cores, "
-          f"{len(rounds)} interleaved rounds; medians over rounds\n")
+          f"avg-pool {args.pool}, conv {args.channels} filters, {args.epochs} epochs (steady: 2..{args.epochs}), "
+          f"{first['cores']} cores, {len(rounds)} interleaved rounds; medians over rounds\n")
     print("| peer | torch threads | steady epoch s | CPU s / epoch | epoch vs default | CPU vs default |")
     print("| --- | --- | --- | --- | --- | --- |")
     for peer in args.only:
@@ -210,8 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(PEERS), help=f"comma-separated peers: {', '.join(PEERS)}")
     parser.add_argument("--worker", choices=list(PEERS), help=argparse.SUPPRESS)  # child-process mode
     args = parser.parse_args(argv)
-    return arguments.check(parser, args, ("records", "batch_size", "epochs", "decode_threads", "channels", "pool", "rounds"),
-                           PEERS)
+    positive = ("records", "batch_size", "epochs", "decode_threads", "channels", "pool", "rounds")
+    return arguments.check(parser, args, positive, PEERS)
 
 
 def main(argv: list[str] | None = None) -> None:

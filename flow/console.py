@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from flow.events import (BatchEnd, BestCheckpointSaved, CheckpointSaved, CheckpointsSkipped, CheckpointUnverified,
                          EarlyStopped, EpochEnd, LearningRateAdjusted, LearningRateChanged, MonitorStatistics,
-                         NonFiniteUpdatesSkipped, NumExamplesBelowRecords, RunStarted, RunStopped, ThreadsOversubscribed,
-                         Validation)
+                         NonFiniteUpdatesSkipped, NumExamplesBelowRecords, RunStarted, RunStopped,
+                         ThreadsOversubscribed, Validation)
 from flow.lr_schedule import adjust_line, change_line
 from flow.metrics import checkpoint_line, speedometer_line, time_cost_line, train_line, validation_line
 from flow.monitor import monitor_line

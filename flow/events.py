@@ -184,10 +184,10 @@ class MonitorStatistics:
 
 
 EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, NumExamplesBelowRecords, CheckpointsSkipped,
-                                             CheckpointUnverified, ThreadsOversubscribed, LearningRateChanged, LearningRateAdjusted,
-                                             BatchEnd, EpochEnd, Validation, CheckpointSaved, BestCheckpointSaved,
-                                             EarlyStopped, RunFinished, RunStopped, RunFailed, MonitorStatistics,
-                                             NonFiniteUpdatesSkipped)}
+                                             CheckpointUnverified, ThreadsOversubscribed, LearningRateChanged,
+                                             LearningRateAdjusted, BatchEnd, EpochEnd, Validation, CheckpointSaved,
+                                             BestCheckpointSaved, EarlyStopped, RunFinished, RunStopped, RunFailed,
+                                             MonitorStatistics, NonFiniteUpdatesSkipped)}
 
 
 def event_to_dict(event) -> dict:
