@@ -2,6 +2,7 @@
 thread only, for the run only; and the loader decoding the next batch while compute runs this one."""
 
 import threading
+from functools import partial
 
 import pytest
 import torch
@@ -169,6 +170,19 @@ async def test_a_cancelled_run_leaves_the_caller_s_count_as_found():
     assert (torch.get_num_threads(), fresh_thread_count()) == (callers, fresh)
     # Trio's worker threads, which the compute actor's calls ran in, have their own counts back too.
     assert await trio.to_thread.run_sync(torch.get_num_threads) == callers
+
+
+@pytest.mark.skipif(not OPENMP, reason="torch's count is per thread under OpenMP; this torch has another backend")
+async def test_two_runs_at_once_each_compute_under_their_own_count():
+    callers = torch.get_num_threads()
+    models = {threads: CountingModel() for threads in (callers + 1, callers + 2)}
+    async with trio.open_nursery() as nursery:
+        for threads, model in models.items():
+            nursery.start_soon(partial(train, counting_config(threads), model=model,
+                                       train_data=synthetic_data(epoch_batches=8)))
+    assert {threads: set(model.counts) for threads, model in models.items()} == {
+        callers + 1: {callers + 1}, callers + 2: {callers + 2}}
+    assert torch.get_num_threads() == callers
 
 
 BATCHES = 6  # of 8 records each: 48 of MXNet's 64x64 JPEGs
