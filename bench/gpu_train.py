@@ -49,7 +49,7 @@ The fair rule:
     train.disp_batches = 10 batches and at epoch ends), which come once the step results, and
     so the GPU work, are in. flow's window starts at the first such event past --warmup steps.
   - GPU busy: torch.cuda.utilization() (NVML through pynvml), or else `nvidia-smi
-    --query-gpu=utilization.gpu -lms 100`, sampled every 100 ms in the peer's process; the share
+    --query-gpu=utilization.gpu --loop-ms=100`, sampled every 100 ms in the peer's process; the share
     is the mean over the samples inside the steady window (N/A on the CPU or with neither).
     NVML's figure is the share of time at least one kernel ran, not how full the SMs were.
   - MFU = steady samples/s x training FLOPs per sample / (--peak-tflops x 1e12). Training FLOPs
@@ -88,6 +88,7 @@ SEED = 0
 JPEG_QUALITY = 90
 FLOW_DISP_BATCHES = 10  # flow's BatchEnd events, and so its timing marks, every this many batches
 SAMPLE_SECONDS = 0.1  # GPU utilization sampling period
+FAILURE_LINES = 25  # of a failed peer's stderr, shown on ours: a one-shot GPU run has no second look
 RESULT_PREFIX = "gpu-train-bench-result: "  # marks the JSON line a worker prints among library chatter
 
 PEERS = {
@@ -136,7 +137,8 @@ class UtilizationSampler:
             try:
                 self.process = subprocess.Popen(
                     ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                     f"-lms={int(SAMPLE_SECONDS * 1000)}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                     f"--loop-ms={int(SAMPLE_SECONDS * 1000)}"],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             except OSError:
                 return
             self.source = "nvidia-smi"
@@ -463,13 +465,17 @@ def last_line(text: str) -> str:
 
 def measure(settings: dict, peer: str) -> dict:
     """One peer's result: {"version", "steps", "seconds", "busy", ...}, or {"skipped": why} / {"failed": why}."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", peer, "--worker-settings", json.dumps(settings)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", peer,
+               "--worker-settings", json.dumps(settings)]
     try:
         finished = subprocess.run(command, capture_output=True, text=True, timeout=settings["peer_timeout"])
     except subprocess.TimeoutExpired:
         return {"failed": f"no result within {settings['peer_timeout']} s"}
     results = [line[len(RESULT_PREFIX):] for line in finished.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if finished.returncode != 0 or not results:
+        tail = "\n".join(finished.stderr.strip().splitlines()[-FAILURE_LINES:])
+        print(f"{peer} failed (exit status {finished.returncode}); its stderr ends:\n{tail}",
+              file=sys.stderr, flush=True)
         return {"failed": last_line(finished.stderr) or f"exit status {finished.returncode}, no result line"}
     result = json.loads(results[-1])
     if "missing" in result:
@@ -483,8 +489,8 @@ def rate(settings: dict, result: dict) -> float:
 
 def median_round_ratio(settings: dict, rounds: dict[str, list[dict]], peer: str, reference: str) -> float | None:
     """The median over rounds of peer / reference samples/s, each ratio from one round."""
-    ratios = sorted(rate(settings, mine) / rate(settings, theirs) for mine, theirs in zip(rounds[peer], rounds[reference])
-                    if "steps" in mine and "steps" in theirs)
+    ratios = sorted(rate(settings, mine) / rate(settings, theirs)
+                    for mine, theirs in zip(rounds[peer], rounds[reference]) if "steps" in mine and "steps" in theirs)
     return ratios[len(ratios) // 2] if ratios else None
 
 
@@ -514,7 +520,8 @@ def table_lines(settings: dict, rounds: dict[str, list[dict]]) -> list[str]:
     lines += [header, "-" * len(header)]
     for peer in rounds:
         if peer not in best:
-            lines.append(f"{PEERS[peer]:<32} {'skipped' if rounds[peer] and 'skipped' in rounds[peer][0] else 'failed'}")
+            missing = "skipped" if rounds[peer] and "skipped" in rounds[peer][0] else "failed"
+            lines.append(f"{PEERS[peer]:<32} {missing}")
             continue
         result, spread = best[peer]
         samples = rates[peer]
@@ -576,7 +583,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the device's peak dense bf16 TFLOP/s, for MFU (default: H200/H100 SXM, 989)")
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "flow-gpu-train-bench",
                         help="where the .rec and flow's configs are written (default: %(default)s)")
-    parser.add_argument("--peer-timeout", type=int, help="seconds before a peer's round counts as failed (default: 300)")
+    parser.add_argument("--peer-timeout", type=int,
+                        help="seconds before a peer's round counts as failed (default: 300)")
     parser.add_argument("--time-budget", type=float,
                         help="seconds after which no further peer run starts; the table shows what ran")
     parser.add_argument("--json", type=Path, help="also write every round's raw results here (after each peer run)")
@@ -584,8 +592,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"comma-separated peers to run, in order (default: {','.join(PEERS)})")
     parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)  # child-process mode
     parser.add_argument("--worker-settings", help=argparse.SUPPRESS)
-    return arguments.check(parser, parser.parse_args(argv), ("image_size", "num_layers", "batch_size", "records",
-                                                             "steps", "rounds", "workers", "torch_threads", "peer_timeout"), PEERS)
+    positive = ("image_size", "num_layers", "batch_size", "records", "steps", "rounds", "workers", "torch_threads",
+                "peer_timeout")
+    return arguments.check(parser, parser.parse_args(argv), positive, PEERS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -595,7 +604,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     started = time.monotonic()
     settings = resolve(args)
-    print(f"writing {settings['records']} JPEG records into {settings['work_dir']} (once) ...", file=sys.stderr, flush=True)
+    print(f"writing {settings['records']} JPEG records into {settings['work_dir']} (once) ...",
+          file=sys.stderr, flush=True)
     build_rec(settings)
     rounds: dict[str, list[dict]] = {peer: [] for peer in args.only}
     runs = [(round_number, peer) for round_number in range(1, settings["rounds"] + 1) for peer in rounds]
