@@ -99,7 +99,12 @@ PEERS = {
     "dataloader": "(b) plain loop + DataLoader",
     "flow-rec": "(c) flow on the .rec",
 }
-PEER_MODULES = {"dataloader": ("PIL",), "flow-synthetic": ("trio",), "flow-rec": ("trio", "simplejpeg")}
+# A peer whose import of these fails is skipped, with how to add them; any other error fails its row.
+FLOW_MODULES = ("trio", "outcome", "sniffio", "simplejpeg", "msgpack")
+PEER_MODULES = {"dataloader": ("PIL",), "flow-synthetic": FLOW_MODULES, "flow-rec": FLOW_MODULES}
+HOW_TO_ADD = {"dataloader": "pip install pillow",
+              "flow-synthetic": "pip install -e . (without network: bench/gpu_run.sh)",
+              "flow-rec": "pip install -e . (without network: bench/gpu_run.sh)"}
 
 # What --smoke and a GPU run default to; an option given on the command line wins over both.
 GPU_DEFAULTS = {"device": "cuda:0", "image_size": 224, "num_layers": 50, "batch_size": 256, "records": 4096,
@@ -300,7 +305,7 @@ class RecordImageDataset:
             self.reader = IndexedRecordReader(self.rec_path)
         header, jpeg = unpack(self.reader.read_position(position))
         with Image.open(io.BytesIO(jpeg)) as image:
-            pixels = np.asarray(image.convert("RGB"))
+            pixels = np.array(image.convert("RGB"))  # writable, as ToTensor copies
         top = random.randint(0, pixels.shape[0] - self.size)
         left = random.randint(0, pixels.shape[1] - self.size)
         pixels = pixels[top:top + self.size, left:left + self.size]
@@ -414,7 +419,7 @@ def worker_main(peer: str, settings: dict) -> None:
     except ImportError as error:
         if error.name not in PEER_MODULES.get(peer, ()):
             raise
-        result = {"missing": f"{error.name} is not installed in {sys.executable}"}
+        result = {"missing": f"{error.name} is not installed in {sys.executable}; to add it: {HOW_TO_ADD[peer]}"}
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
