@@ -427,7 +427,7 @@ def worker_main(peer: str, settings: dict) -> None:
 
 
 def smooth_images(count: int, size: int, rng) -> "np.ndarray":
-    """`count` RGB uint8 images: 7x7 random colours blown up bilinearly (smooth, compressible as photos are)."""
+    """`count` RGB uint8 images: 7x7 random colours blown up bilinearly (smooth, not noise)."""
     import numpy as np
 
     knots = 7
