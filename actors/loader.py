@@ -141,7 +141,8 @@ async def _send_batches(records: ImageRecords, settings: LoaderSettings, send_ch
             raise job.error
         building -= 1
         batch = Batch(job.epoch, job.index, job.data, job.label, job.pad, job.ids, job.mirror)
-        job.data = job.label = job.ids = job.mirror = None  # the consumer's now (a worker thread may still hold the job)
+        # the consumer's now (a worker thread may still hold the job)
+        job.data = job.label = job.ids = job.mirror = None
         await send_channel.send(batch)
         tally["batches"] += 1
         tally["samples"] += settings.batch_size - batch.pad
