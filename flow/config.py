@@ -71,7 +71,7 @@ class DataConfig:
     part_index: int = knob(0, "a non-negative integer below num_parts", _non_negative)
     last_batch: str = knob("pad", choices=("pad", "discard", "roll_over"))
     pad_value: int = knob(127, "0-255", lambda v: 0 <= v <= 255)  # fill for pad_size borders (data.py)
-    # auto: uint8_nhwc when a train.devices is a GPU, else float32_nchw (see batch_layout)
+    # auto: uint8_nhwc when one of train.devices is a GPU, else float32_nchw (see batch_layout)
     layout: str = knob("auto", choices=("auto", "float32_nchw", "uint8_nhwc"))
     label_width: int = knob(1, "a positive integer", _positive)
     skip_bad_records: bool = knob(False)
