@@ -130,7 +130,7 @@ def _plan(config: Config, epoch: int, path: str, model: torch.nn.Module | None, 
     data = config.data
     if path != data.data_val:  # another file than the validation one: read as it would be, without its .idx
         data = dataclasses.replace(data, data_val=path, data_val_idx="")
-    settings = dataclasses.replace(builders.loader_settings(data, "val", config.train.seed),
+    settings = dataclasses.replace(builders.loader_settings(data, "val", config.train.seed, config.train.devices),
                                    num_classes=data.num_classes if labelled else 0)
     return _Plan(loaded, settings, loader_actor.record_table(settings))
 
