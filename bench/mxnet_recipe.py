@@ -10,6 +10,7 @@ framework's band (min-max, mean) over the seeds and whether the bands overlap.
 Usage (from the repository root, with the project venv):
 
     .venv/bin/python bench/mxnet_recipe.py --mxnet-python /work/mxnet-venv/bin/python
+    .venv/bin/python bench/mxnet_recipe.py --mxnet-python /work/mxnet-venv/bin/python --same-start
     .venv/bin/python bench/mxnet_recipe.py --seeds 0,1,2,3,4,5,6,7 --lr 0.1 --lr-step-epochs 2,3
     .venv/bin/python bench/mxnet_recipe.py --aug-level 1 --log-dir /tmp/recipe-logs
 
@@ -53,6 +54,13 @@ What is compared, and what differs by construction:
     mean the same run, which is why bands over seeds are compared, not single runs.
   - flow's last training batch is padded and its pad rows count in no loss; MXNet fills it with
     the next epoch's first records (round_batch) and trains on all of them.
+
+--same-start takes both differences out for one epoch: MXNet draws its Xavier weights and saves
+them (as epoch 1), flow imports them (`flow import-mxnet`) and resumes from them (`--load-epoch
+1`); both read the training records in file order, unaugmented. Every batch of that epoch but
+the last is then the same in both, and the Speedometer windows over those batches (on the
+example: [0-10], [10-20], [20-30] of 32 batches) must agree to float rounding; the epoch's
+Train- and Validation- figures differ by what the last batch does.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -75,6 +84,8 @@ RUN_TIMEOUT_S = 900  # a hung run fails its row instead of stalling the whole be
 HOW_TO_ADD_MXNET = ("python3.11 -m venv V && V/bin/pip install mxnet==1.9.1 numpy==1.23.5; "
                     "then --mxnet-python V/bin/python")
 VALIDATION_LINE = re.compile(r"Epoch\[(\d+)\] Validation-([\w-]+)=(\S+)")
+EPOCH_LINE = re.compile(r"Epoch\[(\d+)\] (Train|Validation)-accuracy=(\S+)")
+SPEEDOMETER_LINE = re.compile(r"Epoch\[(\d+)\] Batch \[(\d+-\d+)\]\tSpeed: \S+ samples/sec\t(.*)")
 
 MXNET_SCRIPT = r'''
 import json, logging, math, sys
@@ -109,7 +120,7 @@ common = dict(label_width=1, data_name="data", label_name="softmax_label", data_
               mean_r=s["mean"][0], mean_g=s["mean"][1], mean_b=s["mean"][2],
               std_r=s["std"][0], std_g=s["std"][1], std_b=s["std"][2])
 augment = s["aug_level"] >= 1
-train = mx.io.ImageRecordIter(path_imgrec=s["train_rec"], path_imgidx=s["train_idx"], shuffle=True,
+train = mx.io.ImageRecordIter(path_imgrec=s["train_rec"], path_imgidx=s["train_idx"], shuffle=s["shuffle"],
                               rand_crop=augment, rand_mirror=augment, seed=s["seed"], **common)
 val = mx.io.ImageRecordIter(path_imgrec=s["val_rec"], path_imgidx=s["val_idx"], rand_crop=False,
                             rand_mirror=False, round_batch=False, **common)
@@ -120,6 +131,11 @@ optimizer_params = {"learning_rate": s["lr"], "momentum": s["mom"], "wd": s["wd"
 if steps:
     optimizer_params["lr_scheduler"] = mx.lr_scheduler.MultiFactorScheduler(step=steps, factor=s["lr_factor"])
 module = mx.mod.Module(lenet(s["num_classes"]), context=mx.cpu())
+initializer = mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
+if s["init_prefix"]:  # --same-start: the initial weights, for flow to start from (fit keeps them)
+    module.bind(data_shapes=train.provide_data, label_shapes=train.provide_label)
+    module.init_params(initializer)
+    module.save_checkpoint(s["init_prefix"], 1)
 
 
 def validate(epoch, symbol, arg_params, aux_params):
@@ -140,8 +156,7 @@ def validate(epoch, symbol, arg_params, aux_params):
 
 module.fit(train, eval_metric=mx.metric.create(["acc", "ce"]), kvstore="local",
            optimizer="sgd", optimizer_params=optimizer_params,
-           initializer=mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2),
-           batch_end_callback=mx.callback.Speedometer(s["batch_size"], s["disp_batches"]),
+           initializer=initializer, batch_end_callback=mx.callback.Speedometer(s["batch_size"], s["disp_batches"]),
            epoch_end_callback=validate, num_epoch=s["num_epochs"])
 print("recipe-mxnet-version: " + mx.__version__, flush=True)
 '''
@@ -160,6 +175,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--aug-level", type=int, choices=(0, 1), default=0,
                         help="0: no augmentation (the example's); 1: random crop + mirror in both")
     parser.add_argument("--mxnet-python", help="interpreter with mxnet 1.9.1 (default: skip MXNet)")
+    parser.add_argument("--same-start", action="store_true",
+                        help="also train one epoch from MXNet's initial weights in both, records in file order")
     parser.add_argument("--log-dir", help="keep every run's log here (default: a temporary folder, removed)")
     args = parser.parse_args()
     try:
@@ -213,7 +230,7 @@ def flow_command(args, seed: int) -> list[str]:
 
 def mxnet_settings(args, example: dict, seed: int) -> dict:
     return {**example, "seed": seed, "lr": args.lr, "mom": args.mom, "wd": args.wd, "lr_factor": args.lr_factor,
-            "lr_step_epochs": args.lr_step_epochs, "aug_level": args.aug_level}
+            "lr_step_epochs": args.lr_step_epochs, "aug_level": args.aug_level, "shuffle": True, "init_prefix": ""}
 
 
 def run_logged(command: list[str], log_path: Path, environment: dict | None = None) -> tuple[str, float, str | None]:
@@ -244,6 +261,68 @@ def final_validation(log: str) -> dict:
     return {"epoch": last, **by_epoch[last]}
 
 
+def speedometer_windows(log: str, epoch: int) -> dict[str, dict[str, float]]:
+    """{"0-10": {"accuracy": ..., "cross-entropy": ...}, ...}: `epoch`'s Speedometer lines."""
+    windows = {}
+    for line_epoch, window, pairs in SPEEDOMETER_LINE.findall(log):
+        if int(line_epoch) == epoch:
+            windows[window] = {name: float(value) for name, value in
+                               (pair.split("=", 1) for pair in pairs.split("\t") if "=" in pair)}
+    return windows
+
+
+def epoch_accuracies(log: str, epoch: int) -> dict[str, float]:
+    """{"Train": ..., "Validation": ...} of `epoch`."""
+    return {split: float(value) for line_epoch, split, value in EPOCH_LINE.findall(log) if int(line_epoch) == epoch}
+
+
+def same_start(args, example: dict, seed: int, log_dir: Path, mxnet_script: Path, mxnet_environment: dict) -> None:
+    """One epoch from the same weights on the same batches: MXNet draws its Xavier weights and saves
+    them as epoch 1; flow imports them (`flow import-mxnet`) and resumes there (`--load-epoch 1`)
+    for one epoch. No shuffle, no augmentation: both read the records in file order, so every
+    batch but the epoch's last (flow: its 16 records; MXNet: those and 48 of the next epoch) is
+    the same, and so are the Speedometer windows that cover only those."""
+    init_prefix, flow_prefix = log_dir / "same-start-mxnet", log_dir / "same-start-flow"
+    settings = {**mxnet_settings(args, example, seed), "num_epochs": 1, "aug_level": 0, "shuffle": False,
+                "init_prefix": str(init_prefix)}
+    mxnet_log, _, failed = run_logged([args.mxnet_python, str(mxnet_script), json.dumps(settings)],
+                                      log_dir / "same-start-mxnet.log", mxnet_environment)
+    if not failed:
+        shape = ",".join(str(size) for size in example["image_shape"])
+        _, _, failed = run_logged([sys.executable, "-m", "flow", "import-mxnet", str(init_prefix), "1", str(flow_prefix),
+                                   "--network", "lenet", "--image-shape", shape], log_dir / "same-start-import.log")
+    if not failed:
+        flow_steps = [epoch + 1 for epoch in args.lr_step_epochs if epoch > 0]  # flow's epoch 1 is MXNet's epoch 0
+        command = flow_command(args, seed) + [
+            "--set", "data.shuffle=false", "--set", "data.aug_level=0", "--set", f"train.lr_step_epochs={flow_steps}",
+            "--set", f"checkpoint.model_prefix={json.dumps(str(flow_prefix))}", "--set", "checkpoint.load_epoch=1",
+            "--set", "train.num_epochs=2"]
+        flow_log, _, failed = run_logged(command, log_dir / "same-start-flow.log")
+    print()
+    if failed:
+        print(f"same start: failed: {failed}")
+        return
+    flow_windows, mxnet_windows = speedometer_windows(flow_log, 1), speedometer_windows(mxnet_log, 0)
+    batches = -(-example["num_examples"] // example["batch_size"])
+    print(f"same start: MXNet's Xavier draw (seed {seed}) imported into flow, records in file order, no "
+          f"augmentation, one epoch (flow's Epoch[1] is MXNet's Epoch[0])")
+    print("Speedometer window   flow acc  MXNet acc    flow ce   MXNet ce")
+    differences = {"accuracy": 0.0, "cross-entropy": 0.0}
+    for window in mxnet_windows:
+        flow, mxnet = flow_windows.get(window, {}), mxnet_windows[window]
+        print(f"Batch [{window}]{'':<{12 - len(window)}} {figure(flow, 'accuracy', 6):>9} {figure(mxnet, 'accuracy', 6):>10}"
+              f" {figure(flow, 'cross-entropy', 6):>10} {figure(mxnet, 'cross-entropy', 6):>10}")
+        for name in differences:
+            if name in flow and name in mxnet:
+                differences[name] = max(differences[name], abs(flow[name] - mxnet[name]))
+    print(f"largest difference over those windows: accuracy {differences['accuracy']:.6f}, "
+          f"cross-entropy {differences['cross-entropy']:.6f}")
+    flow_epoch, mxnet_epoch = epoch_accuracies(flow_log, 1), epoch_accuracies(mxnet_log, 0)
+    print(f"after batch {batches - 1}, the epoch's last, which differs: Train-accuracy flow "
+          f"{figure(flow_epoch, 'Train', 6)} MXNet {figure(mxnet_epoch, 'Train', 6)}, Validation-accuracy flow "
+          f"{figure(flow_epoch, 'Validation', 6)} MXNet {figure(mxnet_epoch, 'Validation', 6)}")
+
+
 def mxnet_available(python: str | None) -> str | None:
     """Why MXNet is skipped, or None when `python` imports it."""
     if not python:
@@ -270,8 +349,8 @@ def overlap(first: list[float], second: list[float]) -> str:
     return "yes" if max(min(first), min(second)) <= min(max(first), max(second)) else "NO"
 
 
-def figure(result: dict, key: str) -> str:
-    return f"{result[key]:.4f}" if key in result else "-"
+def figure(result: dict, key: str, places: int = 4) -> str:
+    return f"{result[key]:.{places}f}" if key in result else "-"
 
 
 def main() -> None:
@@ -330,10 +409,10 @@ def main() -> None:
         print(f"{'':<14} bands overlap: {overlap(values(flows, key), values(mxnets, key))}")
     for note in notes:
         print(note)
+    if args.same_start and not skip_mxnet:
+        same_start(args, example, args.seeds[0], log_dir, mxnet_script, mxnet_environment)
     if not args.log_dir and not notes:  # a failed run's log stays for reading
-        for path in log_dir.iterdir():
-            path.unlink()
-        log_dir.rmdir()
+        shutil.rmtree(log_dir)
 
 
 if __name__ == "__main__":
