@@ -45,6 +45,7 @@ class Batch:
     label: torch.Tensor  # float32, (batch,) or (batch, label_width)
     pad: int  # the last `pad` samples are filler, not part of the epoch (MXNet's DataBatch.pad)
     ids: np.ndarray | None = None  # uint64: each sample's record IRHeader id (None: synthetic batches)
+    mirror: torch.Tensor | None = None  # bool per sample, uint8 layout: flip left-right on the device (None: done or none)
 
 
 @dataclass(frozen=True)

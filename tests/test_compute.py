@@ -90,11 +90,11 @@ async def test_answers_each_slice_in_order_with_its_outputs_and_summed_gradients
     assert all(answer.replica == 0 for answer in answers)
     with torch.no_grad():
         probabilities = torch.softmax(reference(data), dim=1)
-    # the metrics' statistics of the real rows only (the pad is in no metric), beside the outputs
-    assert answers[0].statistics == metric_statistics(label[:3], probabilities[:3])
-    assert answers[1].statistics == metric_statistics(label[:2], probabilities[:2])
-    assert answers[2].statistics == metric_statistics(label[2:], probabilities[2:])
-    assert answers[0].statistics[0][1] == 3 and answers[1].statistics[0][1] == 2
+    # the metrics' statistics of the real rows only (the pad is in no metric), each slice reporting its batch's
+    assert answers[0].statistics == ((0, metric_statistics(label[:3], probabilities[:3])),)
+    assert answers[1].statistics == ((0, metric_statistics(label[:2], probabilities[:2])),)
+    assert answers[2].statistics == ((0, metric_statistics(label[2:], probabilities[2:])),)
+    assert answers[0].statistics[0][1][0][1] == 3 and answers[1].statistics[0][1][0][1] == 2
     for got, expected in zip(answers[0].gradients, summed_gradients(reference, data, label, weight)):
         torch.testing.assert_close(got, expected)
     for got, expected in zip(answers[2].gradients, summed_gradients(reference, data[2:], label[2:])):
@@ -127,7 +127,7 @@ async def test_loads_the_weights_a_slice_brings_before_computing():
             state = await snapshot(work_send)
             work_send.close()
     uniform = torch.full((4, 3), 1 / 3)  # zero logits
-    assert evaluated.statistics == again.statistics == metric_statistics(label, uniform)
+    assert evaluated.statistics == again.statistics == ((0, metric_statistics(label, uniform)),)
     assert all(torch.equal(tensor, torch.zeros_like(tensor)) for tensor in state.model.values())
 
 
@@ -271,21 +271,22 @@ def nan_on_call(call: int):
     return net
 
 
-async def test_a_nan_loss_ends_the_run_naming_epoch_and_batch_before_its_update():
+async def test_a_nan_loss_ends_the_run_at_the_windows_report_naming_its_epoch_and_batch():
     data, label = batch()
     net = nan_on_call(2)
     with trio.fail_after(LIMIT):
-        with pytest.raises(NonFiniteLossError, match=r"^the loss is nan in training Epoch\[3\] Batch\[7\]; stopped "
-                                                     r"before its update \(train.skip_nonfinite = true skips"):
+        with pytest.raises(NonFiniteLossError, match=r"^the loss is nan in training Epoch\[3\] Batch\[7\] "
+                                                     r"\(train.skip_nonfinite = true skips such updates\)$"):
             with unwrapped_errors():
                 async with trio.open_nursery() as nursery:
                     work_send, results = await start(nursery, net, make_updater=plain_sgd)
-                    await work_send.send(TrainSlice(3, data, label, 4, None, 0.25, 0.1, None, 6))
-                    await results.receive()
-                    after_first = [p.detach().clone() for p in net.parameters()]
-                    await work_send.send(TrainSlice(3, data, label, 4, None, 0.25, 0.1, None, 7))
-                    await trio.sleep_forever()
-    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), after_first))  # no update made
+                    unreported = []
+                    for index in (6, 7, 8):  # one window: only the last step reads the device back
+                        await work_send.send(TrainSlice(3, data, label, 4, None, 0.25, 0.1, None, index,
+                                                        report=index == 8))
+                        unreported.append(await results.receive())
+    assert [result.statistics for result in unreported] == [None, None]  # batch 7's NaN not seen yet
+    assert all(torch.isnan(p).all() for p in net.parameters())  # the updates up to the report were made
 
 
 @pytest.mark.parametrize("own_updater", [True, False])
