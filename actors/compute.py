@@ -192,6 +192,7 @@ class _CopyStream:
             copied = torch.cuda.Event()
             copied.record(self.stream)
         self.staged[id(message)] = (copies, copied)
+        self.release_copied()
         self.in_transit.append((copied, host))
 
     def take(self, message) -> tuple:
@@ -202,9 +203,13 @@ class _CopyStream:
         for tensor in copies:
             if tensor is not None:  # allocated on the copy stream, used on the compute stream: not freed before
                 tensor.record_stream(compute_stream)
+        self.release_copied()
+        return copies
+
+    def release_copied(self) -> None:
+        """Drops the host tensors whose copy is done (a query, not a wait)."""
         while self.in_transit and self.in_transit[0][0].query():
             self.in_transit.popleft()
-        return copies
 
 
 def _host_tensors(message) -> tuple:
