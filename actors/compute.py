@@ -231,7 +231,8 @@ class _Replica:
         self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
         # The module itself: its parameters, state_dict names, train()/eval() and the monitor's hooks;
         # `forward` is what runs it (torch.compile's wrapper, with compile).
-        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.model = (model.to(self.device, memory_format=torch.channels_last) if settings.channels_last
+                      else model.to(self.device))
         self.forward = torch.compile(self.model) if settings.compile else self.model
         self.parameters = list(self.model.parameters())
         self.loss_fn = loss_fn
@@ -243,7 +244,7 @@ class _Replica:
         # float32 mean and 1 / std, as the loader's normalize loop (flow/_pixels.c) takes them
         self.mean = torch.tensor(settings.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.inv_std = 1 / torch.tensor(settings.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        # Each step's metric statistics are computed here, beside the outputs, so that only a few
+        # Each step's metric statistics are computed here (at the report after it), so that only a few
         # numbers travel to the metric actor and the Trio thread does no array work a step.
         self.metric = create_metric(settings.metrics, settings.top_k)
         self.unreported: list[_Unreported] = []  # the steps since the last report
@@ -275,8 +276,8 @@ class _Replica:
         """A batch on the device as the model takes it. A uint8 NHWC batch (a quarter of float32's bytes
         to move) becomes float32 (x - mean) * (1 / std) here, NCHW or channels_last, each image whose
         `mirror` flag is set flipped left to right: equal to the bit to the loader's float32 output."""
-        if data.dtype != torch.uint8:
-            return data.contiguous(memory_format=self.memory_format)
+        if data.dtype != torch.uint8:  # the loader's float32 NCHW (normalized, mirrored), or a custom source's
+            return data.contiguous(memory_format=self.memory_format) if data.dim() == 4 else data
         images = data.permute(0, 3, 1, 2)  # NCHW sizes over NHWC memory: channels_last strides
         if mirror is not None:  # a select, not an index: nothing read back, so a GPU need not synchronize
             images = torch.where(mirror.view(-1, 1, 1, 1).bool(), images.flip(3), images)
