@@ -60,6 +60,7 @@ class Fakes:
     silent_devices: bool = False  # the devices take work and never answer
     outputs_buffer: int | None = None  # None: room for everything; 0 and no reader: a stalled metric actor
     val_accuracy: list | None = None  # the metric actor's figure for each validation, sent back to the loop
+    stop_at: int | None = None  # a stop is requested as a device takes this training batch
     work: list = field(default_factory=list)  # per replica, every message it got
     updates: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
@@ -84,6 +85,7 @@ class Fakes:
         """Runs the fit loop with the fakes around it; returns its summary once every fake is done too."""
         depth = settings.steps_in_flight
         self.work = [[] for _ in range(self.devices)]
+        self.stop = trio.Event()
         train_send, train_receive = trio.open_memory_channel(0)
         val_send, val_receive = trio.open_memory_channel(0) if self.val is not None else (None, None)
         result_send, result_receive = trio.open_memory_channel(depth * self.devices)
@@ -122,7 +124,8 @@ class Fakes:
                 if self.saves:
                     nursery.start_soon(self._collect, save_receive, self.saved)
                 channels = FitChannels(train_receive, val_receive, work_sends, result_receive, request_send,
-                                       reply_receive, output_send, save_send, event_send, validations=validation_receive)
+                                       reply_receive, output_send, save_send, event_send, stop=self.stop,
+                                       validations=validation_receive)
                 task_status.started()
                 summary = await fit(settings, channels)
                 for scope in loaders:
@@ -158,6 +161,8 @@ class Fakes:
                     continue
                 if self.silent_devices:
                     continue
+                if isinstance(message, TrainSlice) and message.batch == self.stop_at:
+                    self.stop.set()
                 await trio.sleep(self.delays.get(replica, 0))
                 # statistics: the slice's rows and real samples, so that the loop's order shows
                 unreported.append((message.batch, (tuple(message.data.squeeze(1).tolist()), message.samples)))
@@ -286,6 +291,17 @@ async def test_the_devices_report_at_each_window_and_epoch_end_and_before_a_batc
         [], [], [], [(0.0, 1.0), (2.0, 3.0), (100.0, 101.0), (102.0, 103.0), (200.0, 201.0), (202.0, 203.0),
                      (300.0, 301.0), (302.0, 303.0)],
         [(400.0, 401.0), (402.0, 403.0)], [(500.0,)]]
+
+
+async def test_a_stop_sends_the_batch_held_back_as_a_report_and_stops_after_it(autojump_clock):
+    fakes = Fakes(devices=2, server=True, saves=False, train=epoch_of(0, [4] * 10), stop_at=2)
+    summary = await fakes.run(settings(num_epochs=1, devices=2, disp_batches=20))
+    # the batch in hand when the loop saw the stop goes as the run's last step, and reports
+    sent = [s.report for s in train_slices(fakes.work[0])]
+    assert 3 <= len(sent) < 10 and sent == [False] * (len(sent) - 1) + [True]
+    assert [s.report for s in train_slices(fakes.work[1])] == sent
+    assert [m.index for m in fakes.outputs if isinstance(m, StepStatistics) and m.statistics] == [len(sent) - 1]
+    assert (summary.epoch, summary.batch) == (0, len(sent))
 
 
 async def test_a_resumed_run_counts_on_from_the_checkpoints_update(autojump_clock):
