@@ -113,7 +113,7 @@ class TrainResult:
     replica: int
     statistics: tuple[tuple[int, tuple], ...] | None
     gradients: list[torch.Tensor | None] | None
-    nonfinite_loss: bool = False  # the loss was NaN or inf (seen with skip_nonfinite): no update was made, or is to be made
+    nonfinite_loss: bool = False  # a NaN or inf loss, seen at its step (skip_nonfinite): no update made, or to make
     monitor: MonitorStatistics | None = None  # on the batches the monitor watches
 
 

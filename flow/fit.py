@@ -148,7 +148,7 @@ class _Loop:
         self.skipped_updates = 0  # in this epoch: a NaN or inf loss, with train.skip_nonfinite
 
     async def send_step(self, epoch: int, index: int, batch, *, training: bool, report: bool) -> int:
-        """Hands each device its slice of `batch` (`report`: to read back after it); returns the batch's real samples."""
+        """Hands each device its slice of `batch` (`report`: read back after it); returns its real samples."""
         size = batch.data.shape[0]
         real = size - batch.pad
         weight = None
@@ -201,7 +201,7 @@ class _Loop:
         self.skipped_updates += skipped
         split = "val" if step.num_update is None else "train"
         await hand_off.send(self.channels.outputs, StepStatistics(
-            split, step.epoch, step.index, _in_update_order(results), time.perf_counter(), step.lr))
+            split, step.epoch, step.index, in_update_order(results), time.perf_counter(), step.lr))
 
     def stop_requested(self) -> bool:
         return self.channels.stop is not None and self.channels.stop.is_set()
@@ -291,7 +291,7 @@ class _Loop:
             raise FlowError(f"the {what} data ended before the epoch did") from None
 
 
-def _in_update_order(results: list) -> tuple:
+def in_update_order(results: list) -> tuple:
     """The statistics the devices' results (in replica order) report, as MXNet's update_metric would have
     added them: step by step, and device by device within a step."""
     windows = [dict(result.statistics) for result in results if result.statistics is not None]
