@@ -1,7 +1,8 @@
 """The metric actor: adds up each step's metric statistics, and sends the figures as events.
 
 The compute actors compute each slice's statistics beside its outputs (a few numbers instead of a
-batch of probabilities); this actor keeps the sums. It runs beside training (the fit loop hands
+batch of probabilities), read back once a Speedometer window (flow/fit.py marks the steps that
+report); this actor keeps the sums. It runs beside training (the fit loop hands
 it batch n's statistics and goes on to batch n+1), and
 reports as MXNet's Speedometer with auto_reset and fit's epoch end: every `disp_batches` batches
 a BatchEnd with the window's speed and local metrics, then each epoch's EpochEnd (global metrics,
@@ -32,8 +33,11 @@ class MetricSettings:
 
 @dataclass(frozen=True)
 class StepStatistics:
-    """One step's metric statistics: one entry per device slice with real samples, each what
-    `create_metric(...).statistics(label, probabilities)` gave on that device."""
+    """One step's end, and the metric statistics the devices reported with it: for each step since the
+    previous report (none, on a step that did not report), one entry per device slice with real
+    samples, each what `create_metric(...).statistics(label, probabilities)` gave for that slice;
+    step by step, device by device within a step (MXNet's update_metric order). The fit loop marks
+    every step that ends a window as a report, so a BatchEnd's figures hold all of its steps."""
 
     split: str  # "train" or "val"
     epoch: int

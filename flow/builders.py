@@ -76,7 +76,8 @@ def updater_settings(train: TrainConfig) -> UpdaterSettings:
 def compute_settings(config: Config, replica: int) -> ComputeSettings:
     train, data = config.train, config.data
     return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std,
-                           train.metrics, train.top_k, train.monitor, train.monitor_pattern, train.skip_nonfinite)
+                           train.metrics, train.top_k, train.monitor, train.monitor_pattern, train.skip_nonfinite,
+                           train.channels_last, train.compile)
 
 
 def server_settings(train: TrainConfig) -> ServerSettings:
@@ -113,7 +114,8 @@ def fit_settings(config: Config, *, server: bool, begin_epoch: int, begin_update
     sample_bytes = math.prod(data.image_shape) * (1 if layout == "uint8_nhwc" else 4)
     return FitSettings(begin_epoch, train.num_epochs, train.devices, train.kv_store, config.checkpoint.period,
                        train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch,
-                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch, watch)
+                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch, watch,
+                       train.disp_batches)
 
 
 def loggers(log: LogConfig) -> list[Callable[[AsyncIterable], Awaitable[None]]]:

@@ -164,6 +164,8 @@ class TrainConfig:
     wd: float = knob(0.0001, "a non-negative float", _non_negative)
     clip_gradient: float = knob(0.0, "a non-negative float (0: no clipping)", _non_negative)
     precision: str = knob("fp32", choices=("fp32", "bf16", "fp16"))
+    channels_last: bool = knob(False)  # the model and its inputs in channels_last (NHWC) memory: faster GPU convs
+    compile: bool = knob(False)  # torch.compile each replica's model: faster steps after a first one that compiles
     metrics: tuple[str, ...] = knob(("accuracy",), "a list of metric names", lambda v: len(v) > 0)
     top_k: int = knob(0, "a non-negative integer", _non_negative)
     disp_batches: int = knob(20, "a positive integer", _positive)

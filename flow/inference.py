@@ -34,7 +34,7 @@ from flow.actors.compute import EvalSlice, PredictSlice, compute
 from flow.actors.metrics import SplitEnd, StepStatistics, metrics
 from flow.config import Config
 from flow.errors import ConfigError, unwrapped_errors
-from flow.fit import slice_bounds
+from flow.fit import in_update_order, slice_bounds
 from flow.recordio import RecordTable
 
 NameValues = list[tuple[str, float]]
@@ -68,8 +68,7 @@ async def score(config: Config, epoch: int | None = None, *, model: torch.nn.Mod
         return EvalSlice(data, label, samples, None)
 
     async def add_up(batch: loader_actor.Batch, results: list) -> None:
-        statistics = tuple(result.statistics for result in results if result.statistics is not None)
-        await hand_off.send(statistics_send, StepStatistics("val", epoch - 1, batch.index, statistics,
+        await hand_off.send(statistics_send, StepStatistics("val", epoch - 1, batch.index, in_update_order(results),
                                                              time.perf_counter()))
 
     with unwrapped_errors():
