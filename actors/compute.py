@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -115,12 +116,15 @@ class TrainResult:
     gradients: list[torch.Tensor | None] | None
     nonfinite_loss: bool = False  # a NaN or inf loss, seen at its step (skip_nonfinite): no update made, or to make
     monitor: MonitorStatistics | None = None  # on the batches the monitor watches
+    # when the step ended (after its report's read-back, which waits for a GPU): Speedometer's clock
+    finished: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(frozen=True)
 class EvalResult:
     replica: int
     statistics: tuple[tuple[int, tuple], ...] | None  # as TrainResult's
+    finished: float = field(default_factory=time.perf_counter)  # as TrainResult's
 
 
 @dataclass(frozen=True)

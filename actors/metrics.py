@@ -8,7 +8,9 @@ reports as MXNet's Speedometer with auto_reset and fit's epoch end: every `disp_
 a BatchEnd with the window's speed and local metrics, then each epoch's EpochEnd (global metrics,
 time cost) and Validation. The console (flow.console) turns these into MXNet's log lines.
 With a `validation_channel`, each Validation goes there too: the fit loop's best checkpoint and
-early stopping wait for it.
+early stopping wait for it. The fit loop's events that belong between these lines (a learning rate
+change, the monitor's figures) come through this actor too, and go on in the order they came, as
+MXNet prints them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from flow import channels as hand_off
-from flow.events import BatchEnd, EpochEnd, Validation
+from flow.events import BatchEnd, EpochEnd, LearningRateChanged, MonitorStatistics, Validation
 from flow.metrics import create_metric
 
 
@@ -70,7 +72,9 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
                 message = await hand_off.receive(output_channel)
             except trio.EndOfChannel:
                 break
-            if isinstance(message, StepStatistics):
+            if isinstance(message, (LearningRateChanged, MonitorStatistics)):
+                await event_channel.send(message)
+            elif isinstance(message, StepStatistics):
                 metric = train_metric if message.split == "train" else val_metric
                 for slice_statistics in message.statistics:  # in device order, as MXNet's update_metric
                     metric.add(slice_statistics)

@@ -76,7 +76,7 @@ class FitChannels:
     results: trio.MemoryReceiveChannel  # TrainResult and EvalResult from every device
     server_requests: trio.MemorySendChannel | None  # None: one device updates itself (no kvstore)
     server_replies: trio.MemoryReceiveChannel | None
-    outputs: trio.MemorySendChannel  # to the metric actor
+    outputs: trio.MemorySendChannel  # to the metric actor (with the events that go between its lines)
     saves: trio.MemorySendChannel | None  # to the checkpoint actor
     events: trio.MemorySendChannel
     stop: trio.Event | None = None  # set: stop after the current step, saving where the run is
@@ -159,8 +159,8 @@ class _Loop:
         if training:
             self.num_update += 1
             num_update, lr = self.num_update, self.settings.schedule.lr_at(self.num_update)
-            if self.settings.schedule.changes_at(num_update):
-                await self.channels.events.send(LearningRateChanged(num_update, lr))
+            if self.settings.schedule.changes_at(num_update):  # through the metric actor: in the log's order
+                await self.channels.outputs.send(LearningRateChanged(num_update, lr))
         bounds = [(0, size)] if self.num_devices == 1 else slice_bounds(size, self.num_devices)
         slices = 0
         for replica, (start, stop) in enumerate(bounds):
@@ -190,7 +190,7 @@ class _Loop:
         results = sorted([await hand_off.receive(self.channels.results) for _ in range(step.slices)],
                          key=lambda result: result.replica)
         if step.num_update is not None and results[0].monitor is not None:  # before the batch's Speedometer line, as MXNet
-            await self.channels.events.send(results[0].monitor)
+            await self.channels.outputs.send(results[0].monitor)
         skipped = step.num_update is not None and any(r.nonfinite_loss for r in results)
         if step.num_update is not None and self.channels.server_requests is not None:
             await self.channels.server_requests.send(
@@ -199,9 +199,13 @@ class _Loop:
             self.unloaded_weights = [updated.weights] * self.num_devices
             skipped = updated.skipped  # another process's loss, too
         self.skipped_updates += skipped
+        # The step's end as the devices saw it (steps queued ahead finish in bursts, long before the loop
+        # collects them); a server's update is part of the step.
+        finished = time.perf_counter() if self.channels.server_requests is not None else max(
+            result.finished for result in results)
         split = "val" if step.num_update is None else "train"
         await hand_off.send(self.channels.outputs, StepStatistics(
-            split, step.epoch, step.index, in_update_order(results), time.perf_counter(), step.lr))
+            split, step.epoch, step.index, in_update_order(results), finished, step.lr))
 
     def stop_requested(self) -> bool:
         return self.channels.stop is not None and self.channels.stop.is_set()

@@ -219,12 +219,15 @@ async def test_one_device_runs_epochs_in_order_with_checkpoints_and_validation(a
     assert [s.samples for s in trained[:3]] == [4, 4, 3]
     assert all(s.weights is None for s in fakes.work[0] if not isinstance(s, SnapshotRequest))  # it updates itself
 
-    # the metric actor's view: each step's statistics in order, then the split's end
-    assert [(type(m).__name__, m.split, m.epoch) for m in fakes.outputs] == (
+    # the metric actor's view: each step's statistics in order, then the split's end; the learning rate's
+    # change at the step that makes it, after the previous epoch's validation (the log's order)
+    assert fakes.outputs[7] == LearningRateChanged(4, 0.1)
+    assert [(type(m).__name__, m.split, m.epoch) for m in fakes.outputs if not isinstance(m, LearningRateChanged)] == (
         [("StepStatistics", "train", 0)] * 3 + [("SplitEnd", "train", 0)] + [("StepStatistics", "val", 0)] * 2
         + [("SplitEnd", "val", 0)] + [("StepStatistics", "train", 1)] * 3 + [("SplitEnd", "train", 1)]
         + [("StepStatistics", "val", 1)] * 2 + [("SplitEnd", "val", 1)])
     steps = [m for m in fakes.outputs if isinstance(m, StepStatistics)]
+    assert all(a.time <= b.time for a, b in zip(steps, steps[1:]))  # the devices' clock, in step order
     assert [(m.index, m.lr) for m in steps[:5]] == [(0, 1.0), (1, 1.0), (2, 1.0), (0, 0.0), (1, 0.0)]
     for split, loaded in (("train", fakes.train), ("val", fakes.val)):
         batches = [batch for batch in loaded if isinstance(batch, Batch)]
@@ -241,8 +244,8 @@ async def test_one_device_runs_epochs_in_order_with_checkpoints_and_validation(a
     assert torch.equal(fakes.saved[1].model_state["weight"], torch.tensor(0.0))
     assert fakes.saved[1].model_spec == {"network": "fake"}
 
-    # the step at epoch 1 is announced at its first update; the summary is the caller's to send
-    assert fakes.events == [RunStarted(0, 2, ["cpu"], "local", 1, batches_per_epoch=3), LearningRateChanged(4, 0.1)]
+    # the summary is the caller's to send
+    assert fakes.events == [RunStarted(0, 2, ["cpu"], "local", 1, batches_per_epoch=3)]
     assert (summary.epochs, summary.updates) == (2, 6)
 
 
@@ -343,8 +346,9 @@ def test_small_batches_go_many_steps_ahead_large_ones_few_and_none_with_a_server
 
 async def test_a_stalled_metric_actor_holds_the_loop_back(autojump_clock):
     fakes = Fakes(train=epoch_of(0, [4] * 20), outputs_buffer=0)  # nobody takes the outputs
+    constant = build_schedule("multifactor", 1.0, epoch_size=3, lr_factor=0.1, lr_step_epochs=())
     async with trio.open_nursery() as nursery:
-        await nursery.start(fakes.run, settings(num_epochs=1))
+        await nursery.start(fakes.run, settings(num_epochs=1, schedule=constant))
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert len(fakes.work[0]) == 4  # the steps in flight; the first one's outputs wait to be taken
