@@ -31,8 +31,8 @@ The peers (all on --device, batch --batch-size, bf16 autocast, SGD momentum 0.9,
                   random crop and mirror (data.random_crop, data.random_mirror), data.layout =
                   "uint8_nhwc" (normalized on the device).
   Both flow peers: network resnet, num_layers, devices [--device], precision "bf16", and
-  `train.channels_last = true` with --channels-last when this flow has that key (else a note says
-  it ran without). flow's GPU JPEG decode (`data.decode = "gpu"`, peer c2 of issue 17) is not
+  `train.channels_last = true` with --channels-last, no `train.skip_nonfinite` (it reads the loss
+  back every step). flow's GPU JPEG decode (`data.decode = "gpu"`, peer c2 of issue 17) is not
   built yet, so there is no such peer.
 
 The `.rec`: --records RGB JPEGs of --image-size pixels square (smooth random images, bilinear
@@ -66,7 +66,6 @@ The fair rule:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib.metadata
 import io
 import json
@@ -336,12 +335,6 @@ def run_dataloader(settings: dict) -> dict:
     return plain_loop(settings, batches, f"{settings['workers']} workers")
 
 
-def flow_has_channels_last() -> bool:
-    from flow.config import TrainConfig
-
-    return "channels_last" in {field.name for field in dataclasses.fields(TrainConfig)}
-
-
 def flow_config_text(settings: dict, synthetic: bool) -> str:
     """The TOML config flow's peer runs (`flow run` takes the same file)."""
     size, batch = settings["image_size"], settings["batch_size"]
@@ -351,10 +344,10 @@ def flow_config_text(settings: dict, synthetic: bool) -> str:
              "random_mirror = true"])
     train = [f"num_epochs = {math.ceil(settings['steps'] / batches_per_epoch)}",
              f"devices = [{json.dumps(settings['device'])}]", 'precision = "bf16"', 'optimizer = "sgd"',
-             f"lr = {LR}", f"mom = {MOMENTUM}", f"wd = {WD}", f"disp_batches = {FLOW_DISP_BATCHES}", f"seed = {SEED}",
-             "skip_nonfinite = true"]  # a NaN step (random labels) would end the run; here it only skips an update
-    if settings["channels_last"] and flow_has_channels_last():
-        train.append("channels_last = true")  # else NCHW, and run_flow's note says so
+             f"lr = {LR}", f"mom = {MOMENTUM}", f"wd = {WD}", f"disp_batches = {FLOW_DISP_BATCHES}", f"seed = {SEED}"]
+    # (no skip_nonfinite: it reads the loss back every step, a host sync that the plain loops do not make)
+    if settings["channels_last"]:
+        train.append("channels_last = true")
     return "\n".join([
         "[data]", *data, f"image_shape = [3, {size}, {size}]", f"num_classes = {NUM_CLASSES}",
         f"batch_size = {batch}", f"data_nthreads = {settings['workers']}", 'layout = "uint8_nhwc"',
@@ -398,8 +391,6 @@ def run_flow(settings: dict, synthetic: bool) -> dict:
         raise RuntimeError(f"flow reported {len(marks)} timing marks, too few past {settings['warmup']} warm-up steps")
     (first_step, start), (last_step, end) = timed[0], timed[-1]
     notes = [] if synthetic else [f"{settings['workers']} decode threads"]
-    if settings["channels_last"] and not flow_has_channels_last():
-        notes.append("NCHW: this flow has no train.channels_last")
     return {"version": f"flow {importlib.metadata.version('flow-fit')}, torch {torch.__version__}",
             "device": device_name(device), "steps": last_step - first_step, "seconds": end - start,
             "flops_per_sample": training_flops_per_sample(settings),
