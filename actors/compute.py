@@ -5,6 +5,13 @@ optimizer update too) is one worker-thread call, so the Trio side pays one hop p
 replica only reads the weights the fit loop hands it with each slice (`weights`); the parameter
 server never touches the replica, and the protocol (no new slice before the previous update is
 done) keeps the two from racing.
+
+A step reads nothing back from the device: it keeps its labels, probabilities and loss there, and
+a slice marked `report` (the fit loop marks the ends of Speedometer windows and of epochs) moves
+everything kept since the last one to the host in one transfer, checks the losses and computes each
+step's metric statistics there. A GPU so synchronizes once a window, not once a step, and the fit
+loop's steps stay queued ahead of it. What still reads each step: `skip_nonfinite` (the update
+must be skipped before it is made), fp16 (the loss scale checks the gradients) and the monitor's batches.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from dataclasses import dataclass
+import time
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -42,6 +51,8 @@ class ComputeSettings:
     monitor: int = 0  # MXNet's Monitor every this many training batches, on replica 0 (flow/monitor.py); 0: off
     monitor_pattern: str = ".*"  # the names it watches (re.match)
     skip_nonfinite: bool = False  # a NaN/inf loss skips the step's update (else it ends the run)
+    channels_last: bool = False  # the model and its inputs in torch.channels_last (NHWC in memory)
+    compile: bool = False  # torch.compile the model's forward (its first steps compile)
     torch_threads: int = 0  # torch's intra-op threads for this replica's ops (0: as its thread has them)
 
 
@@ -57,7 +68,9 @@ class TrainSlice:
     scale: float  # 1 / real samples in the whole batch: the update averages over the global batch
     lr: float  # of this step's update, for a replica that owns the updater
     weights: list[torch.Tensor] | None  # newest master weights to load first (None: loaded already)
-    batch: int = 0  # the batch's index in its epoch, for errors
+    batch: int = 0  # the batch's index in its epoch, for errors and in the statistics
+    report: bool = True  # read the device back after this step: its result carries the statistics since the last one
+    mirror: torch.Tensor | None = None  # bool per sample of a uint8 batch: flip it left to right (the loader's flags)
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class EvalSlice:
     weights: list[torch.Tensor] | None  # as TrainSlice's
     epoch: int = 0  # for errors, as TrainSlice's batch
     batch: int = 0
+    report: bool = True  # as TrainSlice's
+    mirror: torch.Tensor | None = None  # as TrainSlice's
 
 
 @dataclass(frozen=True)
@@ -92,19 +107,26 @@ class SnapshotRequest:
 @dataclass(frozen=True)
 class TrainResult:
     """`gradients` are for the parameter server: each summed over the slice's samples, None for a frozen
-    parameter (requires_grad False); None in all when the replica updated itself."""
+    parameter (requires_grad False); None in all when the replica updated itself.
+
+    `statistics`, of a `report` slice: for each step since the previous report (this one included)
+    whose slice had real samples, in order, (its batch index, the metrics' statistics of those
+    samples); empty when none had any. None for a slice that did not report."""
 
     replica: int
-    statistics: tuple | None  # the metrics' statistics of the slice's real samples (None: it has none)
+    statistics: tuple[tuple[int, tuple], ...] | None
     gradients: list[torch.Tensor | None] | None
-    nonfinite_loss: bool = False  # the loss was NaN or inf: no update was made, or is to be made
+    nonfinite_loss: bool = False  # a NaN or inf loss, seen at its step (skip_nonfinite): no update made, or to make
     monitor: MonitorStatistics | None = None  # on the batches the monitor watches
+    # when the step ended (after its report's read-back, which waits for a GPU): Speedometer's clock
+    finished: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(frozen=True)
 class EvalResult:
     replica: int
-    statistics: tuple | None  # as TrainResult's
+    statistics: tuple[tuple[int, tuple], ...] | None  # as TrainResult's
+    finished: float = field(default_factory=time.perf_counter)  # as TrainResult's
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,80 @@ class ReplicaState:
 _UNMONITORED = contextlib.nullcontext()  # one for every batch the monitor skips: nothing to allocate
 
 
+@dataclass(frozen=True)
+class _Unreported:
+    """A step's outputs kept on the device until the next report."""
+
+    epoch: int
+    batch: int
+    label: torch.Tensor  # the real samples'
+    probabilities: torch.Tensor  # float32 softmax of their outputs, what MXNet's metrics read
+    loss: torch.Tensor | None  # the slice's loss sum, to check at the report (None: checked already, or validation)
+
+
+def _to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of `tensors` (on one device) on the host, made in one transfer: a GPU synchronizes once.
+    Their bytes go end to end, each 8-byte aligned so that it views back as its own dtype."""
+    pieces, starts, offset = [], [], 0
+    for tensor in tensors:
+        raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+        starts.append(offset)
+        pieces.append(raw)
+        offset += raw.numel()
+        if padding := -raw.numel() % 8:
+            pieces.append(raw.new_zeros(padding))
+            offset += padding
+    host = torch.cat(pieces).cpu()
+    return [host[start:start + tensor.numel() * tensor.element_size()].view(tensor.dtype).view(tensor.shape)
+            for start, tensor in zip(starts, tensors)]
+
+
+class _CopyStream:
+    """A GPU replica's host-to-device copies, on a CUDA stream of their own: the batches queued behind a
+    step cross PCIe while it computes. The host tensors stay referenced until their copy is done, as the
+    loader reuses a pinned buffer once nobody holds it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+        self.staged: dict[int, tuple[tuple, torch.cuda.Event]] = {}  # id(message) -> its device tensors, copied when
+        self.in_transit: deque[tuple[torch.cuda.Event, tuple]] = deque()  # (copied when, the host tensors)
+
+    def stage(self, message, host: tuple) -> None:
+        with torch.cuda.stream(self.stream):
+            copies = tuple(None if tensor is None else tensor.to(self.device, non_blocking=True) for tensor in host)
+            copied = torch.cuda.Event()
+            copied.record(self.stream)
+        self.staged[id(message)] = (copies, copied)
+        self.release_copied()
+        self.in_transit.append((copied, host))
+
+    def take(self, message) -> tuple:
+        """The message's tensors on the device, for the compute stream (which waits for their copy)."""
+        copies, copied = self.staged.pop(id(message))
+        compute_stream = torch.cuda.current_stream(self.device)
+        compute_stream.wait_event(copied)
+        for tensor in copies:
+            if tensor is not None:  # allocated on the copy stream, used on the compute stream: not freed before
+                tensor.record_stream(compute_stream)
+        self.release_copied()
+        return copies
+
+    def release_copied(self) -> None:
+        """Drops the host tensors whose copy is done (a query, not a wait)."""
+        while self.in_transit and self.in_transit[0][0].query():
+            self.in_transit.popleft()
+
+
+def _host_tensors(message) -> tuple:
+    """What a slice brings from the host: (data, label, weight, mirror), each None where it has none."""
+    if isinstance(message, TrainSlice):
+        return message.data, message.label, message.weight, message.mirror
+    if isinstance(message, EvalSlice):
+        return message.data, message.label, None, message.mirror
+    return message.data, None, None, None
+
+
 class _Replica:
     """The torch side of a compute actor; every method runs in the actor's worker thread."""
 
@@ -138,7 +234,12 @@ class _Replica:
                  make_updater: Callable[[list[torch.Tensor]], Updater] | None, random_state: RandomState | None):
         self.settings = settings
         self.device = torch.device(settings.device)
-        self.model = model.to(self.device)
+        self.memory_format = torch.channels_last if settings.channels_last else torch.contiguous_format
+        # The module itself: its parameters, state_dict names, train()/eval() and the monitor's hooks;
+        # `forward` is what runs it (torch.compile's wrapper, with compile).
+        self.model = (model.to(self.device, memory_format=torch.channels_last) if settings.channels_last
+                      else model.to(self.device))
+        self.forward = torch.compile(self.model) if settings.compile else self.model
         self.parameters = list(self.model.parameters())
         self.loss_fn = loss_fn
         self.updater = None if make_updater is None else make_updater(self.parameters)
@@ -149,9 +250,14 @@ class _Replica:
         # float32 mean and 1 / std, as the loader's normalize loop (flow/_pixels.c) takes them
         self.mean = torch.tensor(settings.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.inv_std = 1 / torch.tensor(settings.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        # Each step's metric statistics are computed here, beside the outputs, so that only a few
+        # Each step's metric statistics are computed here (at the report after it), so that only a few
         # numbers travel to the metric actor and the Trio thread does no array work a step.
         self.metric = create_metric(settings.metrics, settings.top_k)
+        self.unreported: list[_Unreported] = []  # the steps since the last report
+        # A NaN loss that is to skip its update, or fp16's scale (whose step reads the gradients' check
+        # anyway), is seen at its step: one read a step (a GPU synchronizes there).
+        self.check_loss_each_step = settings.skip_nonfinite or settings.precision == "fp16"
+        self.copies = _CopyStream(self.device) if self.device.type == "cuda" else None
         # As MXNet monitors its first executor; None when off, so that a step without it tests one attribute.
         self.monitor = (Monitor(self.model, settings.monitor, settings.monitor_pattern)
                         if settings.monitor and settings.replica == 0 else None)
@@ -165,13 +271,24 @@ class _Replica:
             return torch.autocast(self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
-    def inputs(self, data: torch.Tensor) -> torch.Tensor:
-        """A batch on the device as the model takes it: uint8 NHWC batches become float32 NCHW
-        (x - mean) / std here, equal to the bit to the loader's float32 output, and 4x smaller to move."""
-        data = data.to(self.device, non_blocking=True)
-        if data.dtype != torch.uint8:
-            return data
-        images = data.permute(0, 3, 1, 2).to(torch.float32, memory_format=torch.contiguous_format)
+    def on_device(self, message) -> tuple:
+        """The slice's (data, label, weight, mirror) on the device: staged on a GPU's copy stream, or moved now."""
+        if self.copies is not None and id(message) in self.copies.staged:
+            return self.copies.take(message)
+        return tuple(None if tensor is None else tensor.to(self.device, non_blocking=True)
+                     for tensor in _host_tensors(message))
+
+    def inputs(self, data: torch.Tensor, mirror: torch.Tensor | None = None) -> torch.Tensor:
+        """A batch on the device as the model takes it. A uint8 NHWC batch (a quarter of float32's bytes
+        to move) becomes float32 (x - mean) * (1 / std) here, NCHW or channels_last, each image whose
+        `mirror` flag is set flipped left to right: equal to the bit to the loader's float32 output."""
+        if data.dtype != torch.uint8:  # the loader's float32 NCHW (normalized, mirrored), or a custom source's
+            return data.contiguous(memory_format=self.memory_format) if data.dim() == 4 else data
+        images = data.permute(0, 3, 1, 2)  # NCHW sizes over NHWC memory: channels_last strides
+        if mirror is not None:  # a select, not an index: nothing read back, so a GPU need not synchronize
+            images = torch.where(mirror.view(-1, 1, 1, 1).bool(), images.flip(3), images)
+        # (Under autocast the first layer casts to bf16/fp16 itself: one kernel either way.)
+        images = images.to(torch.float32, memory_format=self.memory_format)
         return images.sub_(self.mean).mul_(self.inv_std)
 
     @torch.no_grad()
@@ -187,18 +304,18 @@ class _Replica:
         monitored = None if self.monitor is None else self.monitor.tic()
         if not self.model.training:
             self.model.train()
-        data = self.inputs(work.data)
-        label = work.label.to(self.device, non_blocking=True)
+        data, label, weight, mirror = self.on_device(work)
+        data = self.inputs(data, mirror)
         for parameter in self.parameters:
             parameter.grad = None
         stage = "the model"  # whose code raised, for the error
         try:
             with self.autocast(), monitored or _UNMONITORED:  # the monitor's hooks record the outputs
-                logits = self.model(data)
+                logits = self.forward(data)
             stage = "the loss"
             loss = self.loss_fn(logits.float(), label)
-            if work.weight is not None:
-                loss = loss * work.weight.to(self.device, non_blocking=True)
+            if weight is not None:
+                loss = loss * weight
             loss_sum = loss.sum()
             stage = "the model's backward"
             # fp16: times the loss scale, which the update divides out
@@ -207,55 +324,76 @@ class _Replica:
             raise
         except (Exception, SystemExit) as error:  # SystemExit too: the model's exit() ends the run, not the process
             raise user_code_error(error, stage, f"training Epoch[{work.epoch}] Batch[{work.batch}]") from error
-        # One number to the host a step (a GPU synchronizes here, as the metric statistics do anyway).
-        finite = math.isfinite(loss_sum.item())
-        if not finite and not self.settings.skip_nonfinite:
-            raise NonFiniteLossError(f"the loss is {loss_sum.item()} in training Epoch[{work.epoch}] Batch[{work.batch}]; "
-                                     f"stopped before its update (train.skip_nonfinite = true skips such updates)")
+        finite = True
+        if self.check_loss_each_step:
+            value = loss_sum.item()
+            finite = math.isfinite(value)
+            if not finite and not self.settings.skip_nonfinite:
+                raise _nonfinite_loss(value, work.epoch, work.batch)
         if monitored is not None:
             monitored.record_gradients()
-        statistics = self.statistics(work.label, logits.detach(), work.samples)
+        self.keep(work.epoch, work.batch, label, logits.detach(), work.samples,
+                  None if self.check_loss_each_step else loss_sum.detach())
         if self.updater is not None:
             if finite:
                 self.updater.step(work.scale, work.lr)
             monitor = None if monitored is None else monitored.toc()  # after the update: the new weights
-            return TrainResult(self.settings.replica, statistics, None, not finite, monitor)
+            return TrainResult(self.settings.replica, self.report() if work.report else None, None, not finite,
+                               monitor)
         gradients = [None if not p.requires_grad else p.grad if p.grad is not None else torch.zeros_like(p)
                      for p in self.parameters]
         monitor = None if monitored is None else monitored.toc()
-        return TrainResult(self.settings.replica, statistics, gradients, not finite, monitor)
+        return TrainResult(self.settings.replica, self.report() if work.report else None, gradients, not finite,
+                           monitor)
 
     @torch.no_grad()
     def eval_step(self, work: EvalSlice) -> EvalResult:
         self.load(work.weights)
         self.model.eval()
-        data = self.inputs(work.data)
+        data, label, _, mirror = self.on_device(work)
+        data = self.inputs(data, mirror)
         try:
             with self.autocast():
-                logits = self.model(data)
+                logits = self.forward(data)
         except FlowError:
             raise
         except (Exception, SystemExit) as error:
             raise user_code_error(error, "the model", f"validation Epoch[{work.epoch}] Batch[{work.batch}]") from error
-        return EvalResult(self.settings.replica, self.statistics(work.label, logits, work.samples))
+        self.keep(work.epoch, work.batch, label, logits, work.samples, None)
+        return EvalResult(self.settings.replica, self.report() if work.report else None)
 
     @torch.no_grad()
     def predict_step(self, work: PredictSlice) -> PredictResult:
         self.model.eval()
+        data = self.on_device(work)[0]
         with self.autocast():  # the whole slice, pads too: each row's outputs as eval_step computes them
-            logits = self.model(self.inputs(work.data))
+            logits = self.forward(self.inputs(data))
         probabilities = torch.softmax(logits[:work.samples].float(), dim=1)
         return PredictResult(self.settings.replica, probabilities.cpu())
 
-    def statistics(self, label: torch.Tensor, logits: torch.Tensor, samples: int) -> tuple | None:
-        """The metrics' statistics of the first `samples` rows, on the probabilities (what MXNet's
-        metrics read: SoftmaxOutput's), float32 on the CPU."""
-        if samples == 0:
-            return None
+    def keep(self, epoch: int, batch: int, label: torch.Tensor, logits: torch.Tensor, samples: int,
+             loss: torch.Tensor | None) -> None:
+        """Keeps what the step's metric statistics and loss check need, on the device, till the next report:
+        the first `samples` rows' labels and probabilities (what MXNet's metrics read: SoftmaxOutput's)."""
+        if samples == 0 and loss is None:
+            return
         if samples < len(label):
             label, logits = label[:samples], logits[:samples]
-        probabilities = torch.softmax(logits.float(), dim=1)
-        return self.metric.statistics(label, probabilities if self.device.type == "cpu" else probabilities.cpu())
+        self.unreported.append(_Unreported(epoch, batch, label, torch.softmax(logits.float(), dim=1), loss))
+
+    def report(self) -> tuple[tuple[int, tuple], ...]:
+        """Every kept step's (batch, metric statistics), in order, read back in one transfer; a NaN or inf
+        loss among them ends the run (the updates after it in the window were made, none saved)."""
+        steps, self.unreported = self.unreported, []
+        kept = [tensor for step in steps
+                for tensor in (step.label, step.probabilities, *(() if step.loss is None else (step.loss,)))]
+        host = iter(_to_host(kept) if kept else ())
+        on_host = [(step, next(host), next(host), None if step.loss is None else next(host)) for step in steps]
+        for step, _, _, loss in on_host:
+            if loss is not None and not math.isfinite(value := float(loss)):
+                raise _nonfinite_loss(value, step.epoch, step.batch)
+        return tuple((step.batch, self.metric.statistics(label, probabilities))
+                     for step, label, probabilities, _ in on_host if len(label))
 
     @torch.no_grad()
     def snapshot(self, request: SnapshotRequest) -> ReplicaState:
@@ -263,13 +401,24 @@ class _Replica:
         random = RandomState(self.seeded_epoch, self.random.generator.get_state())  # runs while active: the live one
         if not request.model:
             return ReplicaState(None, None, random)
-        model = {name: tensor.detach().to("cpu", copy=True) for name, tensor in self.model.state_dict().items()}
+        model = {name: tensor.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+                 for name, tensor in self.model.state_dict().items()}
         return ReplicaState(model, None if self.updater is None else self.updater.state_dict(), random)
 
     def run(self, messages: list) -> list:
-        """Each message's answer, in order; the replica's random state is the live one meanwhile."""
+        """Each message's answer, in order; the replica's random state is the live one meanwhile. On a GPU
+        every slice's host-to-device copy starts first, on the copy stream, beside the steps before it."""
+        if self.copies is not None:
+            for message in messages:
+                if not isinstance(message, SnapshotRequest):
+                    self.copies.stage(message, _host_tensors(message))
         with self.random.active(), intra_op_threads(self.settings.torch_threads):
             return [self.steps[type(message)](message) for message in messages]
+
+
+def _nonfinite_loss(value: float, epoch: int, batch: int) -> NonFiniteLossError:
+    return NonFiniteLossError(f"the loss is {value} in training Epoch[{epoch}] Batch[{batch}] "
+                              f"(train.skip_nonfinite = true skips such updates)")
 
 
 # torch has one CPU generator a process: the CPU replicas of every run take turns with it.

@@ -45,6 +45,7 @@ class Batch:
     label: torch.Tensor  # float32, (batch,) or (batch, label_width)
     pad: int  # the last `pad` samples are filler, not part of the epoch (MXNet's DataBatch.pad)
     ids: np.ndarray | None = None  # uint64: each sample's record IRHeader id (None: synthetic batches)
+    mirror: torch.Tensor | None = None  # bool per sample, uint8 layout: flip left-right on the device (None: done or none)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class LoaderSettings:
     part_index: int = 0
     last_batch: str = "pad"
     epoch_batches: int = 0  # 0: the batches `last_batch` cuts; else exactly this many an epoch (see _resized)
-    layout: str = "float32_nchw"
+    layout: str = "float32_nchw"  # uint8_nhwc: the device normalizes, and mirrors by Batch.mirror
+    pin_memory: bool = False  # batch arrays in page-locked memory, which a GPU copies from asynchronously
     label_width: int = 1  # 1: as many labels as the records carry
     skip_bad_records: bool = False
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)  # RGB
@@ -138,8 +140,9 @@ async def _send_batches(records: ImageRecords, settings: LoaderSettings, send_ch
         if job.error is not None:
             raise job.error
         building -= 1
-        batch = Batch(job.epoch, job.index, job.data, job.label, job.pad, job.ids)
-        job.data = job.label = job.ids = None  # the consumer's now (a worker thread may still hold the job)
+        batch = Batch(job.epoch, job.index, job.data, job.label, job.pad, job.ids, job.mirror)
+        # the consumer's now (a worker thread may still hold the job)
+        job.data = job.label = job.ids = job.mirror = None
         await send_channel.send(batch)
         tally["batches"] += 1
         tally["samples"] += settings.batch_size - batch.pad

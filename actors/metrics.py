@@ -1,13 +1,16 @@
 """The metric actor: adds up each step's metric statistics, and sends the figures as events.
 
 The compute actors compute each slice's statistics beside its outputs (a few numbers instead of a
-batch of probabilities); this actor keeps the sums. It runs beside training (the fit loop hands
+batch of probabilities), read back once a Speedometer window (flow/fit.py marks the steps that
+report); this actor keeps the sums. It runs beside training (the fit loop hands
 it batch n's statistics and goes on to batch n+1), and
 reports as MXNet's Speedometer with auto_reset and fit's epoch end: every `disp_batches` batches
 a BatchEnd with the window's speed and local metrics, then each epoch's EpochEnd (global metrics,
 time cost) and Validation. The console (flow.console) turns these into MXNet's log lines.
 With a `validation_channel`, each Validation goes there too: the fit loop's best checkpoint and
-early stopping wait for it.
+early stopping wait for it. The fit loop's events that belong between these lines (a learning rate
+change, the monitor's figures) come through this actor too, and go on in the order they came, as
+MXNet prints them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from flow import channels as hand_off
-from flow.events import BatchEnd, EpochEnd, Validation
+from flow.events import BatchEnd, EpochEnd, LearningRateChanged, MonitorStatistics, Validation
 from flow.metrics import create_metric
 
 
@@ -32,8 +35,11 @@ class MetricSettings:
 
 @dataclass(frozen=True)
 class StepStatistics:
-    """One step's metric statistics: one entry per device slice with real samples, each what
-    `create_metric(...).statistics(label, probabilities)` gave on that device."""
+    """One step's end, and the metric statistics the devices reported with it: for each step since the
+    previous report (none, on a step that did not report), one entry per device slice with real
+    samples, each what `create_metric(...).statistics(label, probabilities)` gave for that slice;
+    step by step, device by device within a step (MXNet's update_metric order). The fit loop marks
+    every step that ends a window as a report, so a BatchEnd's figures hold all of its steps."""
 
     split: str  # "train" or "val"
     epoch: int
@@ -66,7 +72,9 @@ async def metrics(settings: MetricSettings, output_channel: trio.MemoryReceiveCh
                 message = await hand_off.receive(output_channel)
             except trio.EndOfChannel:
                 break
-            if isinstance(message, StepStatistics):
+            if isinstance(message, (LearningRateChanged, MonitorStatistics)):
+                await event_channel.send(message)
+            elif isinstance(message, StepStatistics):
                 metric = train_metric if message.split == "train" else val_metric
                 for slice_statistics in message.statistics:  # in device order, as MXNet's update_metric
                     metric.add(slice_statistics)

@@ -426,10 +426,16 @@ def crop_into(image: np.ndarray, where_y: float, where_x: float, random: bool, o
 
 
 def finish(images: np.ndarray, params: AugmentParams | None, settings: AugmentSettings,
-           out: np.ndarray | None = None, mean: np.ndarray | None = None, inv_std: np.ndarray | None = None) -> None:
+           out: np.ndarray | None = None, mean: np.ndarray | None = None, inv_std: np.ndarray | None = None,
+           flip: bool = True) -> None:
     """Colour jitter, HSL jitter, PCA noise and mirror on a slice of output-sized images (n, H, W, 3)
     uint8, in place, in MXNet's order; with `out`, the normalization to float32 NCHW `out` too, the
-    mirror done on the way (`params` None when the settings draw nothing)."""
+    mirror done on the way (`params` None when the settings draw nothing).
+
+    `flip` False leaves the mirror to whoever takes the images (`params.mirror` says which). The
+    mirror is the last step before normalization, which works per pixel, and it commutes with the
+    colour steps too (per pixel, or a whole image's mean, which a flip leaves as it is): the images
+    flipped later, on the device, before or after normalizing, have the very values flipping here gives."""
     if settings.jitter:
         for image, alphas, order in zip(images, params.alphas, params.order):
             jitter_colour(image, alphas, order)
@@ -438,7 +444,7 @@ def finish(images: np.ndarray, params: AugmentParams | None, settings: AugmentSe
     if settings.pca_noise:
         for image, offsets in zip(images, params.pca):
             add_lighting(image, offsets)
-    flags = params.mirror if settings.rand_mirror else None
+    flags = params.mirror if settings.rand_mirror and flip else None
     if out is not None:
         normalize(images, out, mean, inv_std, flags)
     elif flags is not None:

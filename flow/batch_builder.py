@@ -5,6 +5,8 @@ decoding threads.
 Each slice decodes its records with a decoder that releases the GIL into a uint8 NHWC buffer (the
 batch array itself for uint8 output), then jitters the colours with numpy and mirrors and
 normalizes with C loops (flow/_pixels.c), in chunks that stay in the CPU cache between the two.
+A uint8 batch is not mirrored here: it goes to a device that normalizes it, and flips it there by
+the batch's mirror flags on the way.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class BatchJob:
         self.data: torch.Tensor | None = None
         self.label: torch.Tensor | None = None
         self.ids: np.ndarray | None = None  # the records' IRHeader ids, in the batch's order
+        self.mirror: torch.Tensor | None = None  # bool: which samples the consumer flips (uint8 output)
         self.error: BaseException | None = None  # what a slice raised; the loader raises it in order
         self.skipped = 0  # real samples left out as bad
 
@@ -61,6 +64,8 @@ class BatchBuilder:
         self.mean = np.asarray(settings.mean, dtype=np.float32)
         self.inv_std = 1 / np.asarray(settings.std, dtype=np.float32)
         self.float_output = settings.layout == "float32_nchw"
+        # The device flips uint8 batches as it normalizes them: a C pass over the batch saved here.
+        self.device_mirror = not self.float_output and settings.augment.rand_mirror
         _, height, width = settings.data_shape
         self.image_shape = (height, width, 3)
         self.chunk = max(1, _CHUNK_BYTES // (height * width * 3))
@@ -70,7 +75,7 @@ class BatchBuilder:
             batch_shape, dtype = (settings.batch_size, 3, height, width), np.float32
         else:
             batch_shape, dtype = (settings.batch_size, height, width, 3), np.uint8
-        self.arrays = BatchArrays(batch_shape, dtype, keep=settings.prefetch + 4)
+        self.arrays = BatchArrays(batch_shape, dtype, keep=settings.prefetch + 4, pinned=settings.pin_memory)
 
     def prepare(self, job: BatchJob) -> BatchJob:
         """Allocates the batch and draws its augmentation, in the Trio thread (the draws in batch order)."""
@@ -106,11 +111,13 @@ class BatchBuilder:
     def complete(self, job: BatchJob) -> None:
         # fancy indexing: fresh label and id arrays
         out, labels, ids = job.out, self.records.labels[job.positions], self.records.table.ids[job.positions]
+        mirror = job.params.mirror if self.device_mirror else None  # drawn for this batch alone: ours to reorder
         if job.bad:
             real = len(out) - job.pad
             job.skipped = sum(1 for index in job.bad if index < real)
-            job.pad = move_bad_to_end(out, labels, ids, job.bad, real)
+            job.pad = move_bad_to_end([out, labels, ids] + ([mirror] if mirror is not None else []), job.bad, real)
         job.data, job.label, job.ids = torch.from_numpy(out), torch.from_numpy(labels), ids
+        job.mirror = torch.from_numpy(mirror) if mirror is not None else None
         job.out = job.params = None
 
     def fill_slice(self, out: np.ndarray, positions: np.ndarray, start: int, stop: int,
@@ -126,7 +133,8 @@ class BatchBuilder:
             chunk_params = params[begin:end] if params is not None else None
             bad += self.decode_into(images, positions[begin:end], chunk_params, begin)
             normalized = out[begin:end] if self.float_output else None
-            augment.finish(images, chunk_params, options, normalized, self.mean, self.inv_std)
+            augment.finish(images, chunk_params, options, normalized, self.mean, self.inv_std,
+                           flip=not self.device_mirror)
         return bad
 
     def decode_into(self, images: np.ndarray, positions: np.ndarray, params: AugmentParams | None,
@@ -156,19 +164,19 @@ class BatchBuilder:
         return bad
 
 
-def move_bad_to_end(out: np.ndarray, labels: np.ndarray, ids: np.ndarray, bad: list[int], real: int) -> int:
-    """Reorders a batch so that its good real samples come first; the rest is filler. Returns the new pad."""
+def move_bad_to_end(samples: list[np.ndarray], bad: list[int], real: int) -> int:
+    """Reorders a batch so that its good real samples come first; the rest is filler. `samples`: the
+    batch's per-sample arrays (images, labels, ...), reordered alike. Returns the new pad."""
+    size = len(samples[0])
     bad_set = set(bad)
     good_real = [index for index in range(real) if index not in bad_set]
-    good_filler = [index for index in range(real, len(out)) if index not in bad_set]
+    good_filler = [index for index in range(real, size) if index not in bad_set]
     keep = good_real + good_filler
     if not keep:
-        out[...] = 0
-        labels[...] = 0
-        ids[...] = 0
-        return len(out)
-    order = keep + [keep[index % len(keep)] for index in range(len(out) - len(keep))]
-    out[...] = out[order]
-    labels[...] = labels[order]
-    ids[...] = ids[order]
-    return len(out) - len(good_real)
+        for array in samples:
+            array[...] = 0
+        return size
+    order = keep + [keep[index % len(keep)] for index in range(size - len(keep))]
+    for array in samples:
+        array[...] = array[order]
+    return size - len(good_real)

@@ -20,7 +20,7 @@ from flow.actors.loader import LoaderSettings
 from flow.actors.metrics import MetricSettings
 from flow.actors.param_server import ServerSettings
 from flow.augment import AugmentSettings
-from flow.config import CheckpointConfig, Config, DataConfig, LogConfig, TrainConfig
+from flow.config import CheckpointConfig, Config, DataConfig, LogConfig, TrainConfig, batch_layout, uses_cuda
 from flow.csv_log import log_csv
 from flow.errors import ConfigError
 from flow.events import ThreadsOversubscribed
@@ -30,8 +30,9 @@ from flow.optim import UpdaterSettings
 from flow.tensorboard_log import log_tensorboard
 
 
-def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
-    """The loader for `split` ("train" or "val"), as data.py builds ImageRecordIter.
+def loader_settings(data: DataConfig, split: str, seed: int, devices: tuple[str, ...]) -> LoaderSettings:
+    """The loader for `split` ("train" or "val"), as data.py builds ImageRecordIter, feeding `devices`
+    (train.devices): for a GPU, uint8 batches (with data.layout = "auto") in pinned memory.
 
     Validation is read in file order, whole (`last_batch` = pad), with no random crop, mirror,
     colour or affine augmentation and no padding, and not sharded: replace num_parts /
@@ -62,7 +63,8 @@ def loader_settings(data: DataConfig, split: str, seed: int) -> LoaderSettings:
         data_shape=tuple(data.image_shape), batch_size=data.batch_size, nthreads=data.data_nthreads,
         prefetch=data.prefetch, shuffle=data.shuffle and train,
         num_parts=data.num_parts if train else 1, part_index=data.part_index if train else 0,
-        last_batch=data.last_batch if train else "pad", layout=data.layout, label_width=data.label_width,
+        last_batch=data.last_batch if train else "pad", layout=batch_layout(data.layout, devices),
+        pin_memory=uses_cuda(devices), label_width=data.label_width,
         skip_bad_records=data.skip_bad_records, mean=tuple(data.rgb_mean), std=tuple(data.rgb_std),
         augment=augmentation, seed=seed, benchmark=data.benchmark, num_classes=data.num_classes,
         num_examples=data.num_examples, max_image_pixels=data.max_image_pixels)
@@ -83,7 +85,7 @@ def compute_settings(config: Config, replica: int, decode_threads: int | None = 
         decode_threads = loader_threads(config, reads_records=True)
     return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std,
                            train.metrics, train.top_k, train.monitor, train.monitor_pattern, train.skip_nonfinite,
-                           torch_threads(config, decode_threads))
+                           train.channels_last, train.compile, torch_threads(config, decode_threads))
 
 
 def loader_threads(config: Config, reads_records: bool) -> int:
@@ -147,10 +149,12 @@ def fit_settings(config: Config, *, server: bool, begin_epoch: int, begin_update
     """The fit loop's, where the run starts (`begin_*`, from the checkpoint it resumes) and what it trains;
     `server`: a parameter server updates the weights (several devices or processes)."""
     train, data = config.train, config.data
-    sample_bytes = math.prod(data.image_shape) * (1 if data.layout == "uint8_nhwc" else 4)
+    layout = batch_layout(data.layout, train.devices)
+    sample_bytes = math.prod(data.image_shape) * (1 if layout == "uint8_nhwc" else 4)
     return FitSettings(begin_epoch, train.num_epochs, train.devices, train.kv_store, config.checkpoint.period,
                        train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch,
-                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch, watch)
+                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch, watch,
+                       train.disp_batches)
 
 
 def loggers(log: LogConfig) -> list[Callable[[AsyncIterable], Awaitable[None]]]:

@@ -71,7 +71,8 @@ class DataConfig:
     part_index: int = knob(0, "a non-negative integer below num_parts", _non_negative)
     last_batch: str = knob("pad", choices=("pad", "discard", "roll_over"))
     pad_value: int = knob(127, "0-255", lambda v: 0 <= v <= 255)  # fill for pad_size borders (data.py)
-    layout: str = knob("float32_nchw", choices=("float32_nchw", "uint8_nhwc"))
+    # auto: uint8_nhwc when one of train.devices is a GPU, else float32_nchw (see batch_layout)
+    layout: str = knob("auto", choices=("auto", "float32_nchw", "uint8_nhwc"))
     label_width: int = knob(1, "a positive integer", _positive)
     skip_bad_records: bool = knob(False)
     benchmark: bool = knob(False)  # synthetic random batches: time compute without IO (data.py)
@@ -163,6 +164,8 @@ class TrainConfig:
     wd: float = knob(0.0001, "a non-negative float", _non_negative)
     clip_gradient: float = knob(0.0, "a non-negative float (0: no clipping)", _non_negative)
     precision: str = knob("fp32", choices=("fp32", "bf16", "fp16"))
+    channels_last: bool = knob(False)  # the model and its inputs in channels_last (NHWC) memory: faster GPU convs
+    compile: bool = knob(False)  # torch.compile each replica's model: faster steps after a first one that compiles
     # torch's intra-op threads in each device's compute thread (0: the cores data.data_nthreads leave,
     # shared among the CPU devices, at most torch's own count; flow/thread_budget.py)
     torch_threads: int = knob(0, "a non-negative integer, at most 1024 (0: the thread budget's)",
@@ -279,7 +282,7 @@ def config_from_dict(raw: dict, source: str | Path | None = None, base_dir: Path
             f"got {config.data.part_index}", source)
     _check_metrics(config.train, source)
     _check_best_metric(config, source)
-    _check_batch_memory(config.data, source)
+    _check_batch_memory(config.data, config.train.devices, source)
     _check_optimizer(config.train, source)
     _check_crops(config.data, source)
     return config
@@ -308,13 +311,28 @@ def _check_crops(data: DataConfig, source) -> None:
                           f"({data.max_crop_size}), got {data.min_crop_size}", source)
 
 
-def _check_batch_memory(data: DataConfig, source) -> None:
+def uses_cuda(devices: tuple[str, ...]) -> bool:
+    """Whether one of train.devices is a CUDA GPU ('cuda' or 'cuda:N')."""
+    return any(device.partition(":")[0] == "cuda" for device in devices)
+
+
+def batch_layout(layout: str, devices: tuple[str, ...]) -> str:
+    """data.layout with "auto" settled by train.devices: uint8 NHWC for a GPU (a quarter of the bytes
+    to copy in; the device normalizes and mirrors it), else float32 NCHW (the loader's threads
+    normalize it, beside the CPU's compute)."""
+    if layout != "auto":
+        return layout
+    return "uint8_nhwc" if uses_cuda(devices) else "float32_nchw"
+
+
+def _check_batch_memory(data: DataConfig, devices: tuple[str, ...], source) -> None:
     """A batch larger than the machine's memory fails now, in one line, not as a MemoryError mid-start."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return  # the system does not say
-    batch_bytes = data.batch_size * math.prod(data.image_shape) * (4 if data.layout == "float32_nchw" else 1)
+    sample_bytes = 4 if batch_layout(data.layout, devices) == "float32_nchw" else 1
+    batch_bytes = data.batch_size * math.prod(data.image_shape) * sample_bytes
     if batch_bytes > memory:
         raise ConfigError(f"data.batch_size: a batch of {data.batch_size} images of {data.image_shape} is "
                           f"{batch_bytes / 2**30:.3g} GiB, more than this machine's memory "

@@ -2,10 +2,16 @@
 
 For each epoch: take the loader's batches, hand each device its slice (forward_backward), have the
 parameter server apply the update, pass outputs to the metric actor, then ask for a checkpoint
-and run validation. It holds no tensors of its own beyond the batch in hand.
+and run validation. It holds no tensors of its own beyond the batches in hand.
+
+The devices read their outputs back (a GPU's one synchronization) only on the steps the loop marks
+`report`: those that end a Speedometer window (every `disp_batches` batches, validation's too), an
+epoch, or the run (a stop), and the one before a batch too small to give every device a slice. So
+the loop looks one batch ahead: a batch is sent once the next one (or the epoch's end) is in hand.
 
 A stop request (`FitChannels.stop`: SIGINT or SIGTERM in `flow run`, `run.stop()` in a program) is
-looked at before each step: the steps already sent finish, the model, the updater, the update
+looked at as each batch comes: the batch held back (the look-ahead) is sent as the last step and
+the steps sent finish (none, at an epoch's start), the model, the updater, the update
 count, each replica's random state and the position in the epoch (batches done) are saved as a
 mid-epoch checkpoint (or, at an epoch's start, as that epoch's), and the loop ends with RunStopped.
 A run resumed from it (`begin_batch`) takes the rest of the epoch's batches, in the same order
@@ -59,6 +65,7 @@ class FitSettings:
     steps_in_flight: int  # steps sent ahead of their results (`steps_in_flight()`)
     begin_batch: int = 0  # batches of `begin_epoch` done before (a mid-epoch resume)
     watch: WatchSettings | None = None  # None: validation figures are only reported
+    disp_batches: int = 20  # the Speedometer's window: the devices report their outputs every this many steps
 
 
 @dataclass(frozen=True)
@@ -69,7 +76,7 @@ class FitChannels:
     results: trio.MemoryReceiveChannel  # TrainResult and EvalResult from every device
     server_requests: trio.MemorySendChannel | None  # None: one device updates itself (no kvstore)
     server_replies: trio.MemoryReceiveChannel | None
-    outputs: trio.MemorySendChannel  # to the metric actor
+    outputs: trio.MemorySendChannel  # to the metric actor (with the events that go between its lines)
     saves: trio.MemorySendChannel | None  # to the checkpoint actor
     events: trio.MemorySendChannel
     stop: trio.Event | None = None  # set: stop after the current step, saving where the run is
@@ -140,8 +147,8 @@ class _Loop:
         self.position = self.saved = (settings.begin_epoch, settings.begin_batch)
         self.skipped_updates = 0  # in this epoch: a NaN or inf loss, with train.skip_nonfinite
 
-    async def send_step(self, epoch: int, index: int, batch, *, training: bool) -> int:
-        """Hands each device its slice of `batch`; returns the batch's real samples."""
+    async def send_step(self, epoch: int, index: int, batch, *, training: bool, report: bool) -> int:
+        """Hands each device its slice of `batch` (`report`: read back after it); returns its real samples."""
         size = batch.data.shape[0]
         real = size - batch.pad
         weight = None
@@ -152,8 +159,8 @@ class _Loop:
         if training:
             self.num_update += 1
             num_update, lr = self.num_update, self.settings.schedule.lr_at(self.num_update)
-            if self.settings.schedule.changes_at(num_update):
-                await self.channels.events.send(LearningRateChanged(num_update, lr))
+            if self.settings.schedule.changes_at(num_update):  # through the metric actor: in the log's order
+                await self.channels.outputs.send(LearningRateChanged(num_update, lr))
         bounds = [(0, size)] if self.num_devices == 1 else slice_bounds(size, self.num_devices)
         slices = 0
         for replica, (start, stop) in enumerate(bounds):
@@ -164,13 +171,14 @@ class _Loop:
                 whole = (start, stop) == (0, size)
                 data = batch.data if whole else batch.data[start:stop]
                 label = batch.label if whole else batch.label[start:stop]
+                mirror = batch.mirror if whole or batch.mirror is None else batch.mirror[start:stop]
                 slice_samples = max(0, min(stop, real) - start)
                 if training:
                     message = TrainSlice(epoch, data, label, slice_samples,
                                          None if weight is None else weight[start:stop], 1.0 / real, lr, weights,
-                                         index)
+                                         index, report, mirror)
                 else:
-                    message = EvalSlice(data, label, slice_samples, weights, epoch, index)
+                    message = EvalSlice(data, label, slice_samples, weights, epoch, index, report, mirror)
                 await hand_off.send(self.channels.work[replica], message)
                 slices += 1
         self.in_flight.append(_Step(epoch, index, real, slices, num_update, lr))
@@ -182,7 +190,7 @@ class _Loop:
         results = sorted([await hand_off.receive(self.channels.results) for _ in range(step.slices)],
                          key=lambda result: result.replica)
         if step.num_update is not None and results[0].monitor is not None:  # before the batch's Speedometer line, as MXNet
-            await self.channels.events.send(results[0].monitor)
+            await self.channels.outputs.send(results[0].monitor)
         skipped = step.num_update is not None and any(r.nonfinite_loss for r in results)
         if step.num_update is not None and self.channels.server_requests is not None:
             await self.channels.server_requests.send(
@@ -191,10 +199,13 @@ class _Loop:
             self.unloaded_weights = [updated.weights] * self.num_devices
             skipped = updated.skipped  # another process's loss, too
         self.skipped_updates += skipped
+        # The step's end as the devices saw it (steps queued ahead finish in bursts, long before the loop
+        # collects them); a server's update is part of the step.
+        finished = time.perf_counter() if self.channels.server_requests is not None else max(
+            result.finished for result in results)
         split = "val" if step.num_update is None else "train"
         await hand_off.send(self.channels.outputs, StepStatistics(
-            split, step.epoch, step.index, tuple(r.statistics for r in results if r.statistics is not None),
-            time.perf_counter(), step.lr))
+            split, step.epoch, step.index, in_update_order(results), finished, step.lr))
 
     def stop_requested(self) -> bool:
         return self.channels.stop is not None and self.channels.stop.is_set()
@@ -207,17 +218,27 @@ class _Loop:
         batches = self.channels.train_batches if training else self.channels.val_batches
         what = "training" if training else "validation"
         index, samples = first_batch, 0
-        while not isinstance(batch := await self._next(batches, what), LoaderEpochEnd):
-            if stoppable and self.stop_requested():
+        held = None  # the batch in hand, sent once the next one shows whether it ends a window
+        while True:
+            following = await self._next(batches, what)
+            ended = isinstance(following, LoaderEpochEnd)
+            stopping = stoppable and not ended and self.stop_requested()
+            if held is not None:
+                if len(self.in_flight) >= self.depth:
+                    await self.finish_step()
+                report = (ended or stopping or (index % self.settings.disp_batches == 0 and index != first_batch)
+                          or self.num_devices > following.data.shape[0])  # a device left out must have reported
+                samples += await self.send_step(epoch, index, held, training=training, report=report)
+                index += 1
+                if training:
+                    self.position = (epoch, index)
+            if stopping:
                 while self.in_flight:
                     await self.finish_step()
                 return False
-            if len(self.in_flight) >= self.depth:
-                await self.finish_step()
-            samples += await self.send_step(epoch, index, batch, training=training)
-            index += 1
-            if training:
-                self.position = (epoch, index)
+            if ended:
+                break
+            held = following
         while self.in_flight:
             await self.finish_step()
         if training:
@@ -272,6 +293,14 @@ class _Loop:
             return await hand_off.receive(channel)
         except trio.EndOfChannel:
             raise FlowError(f"the {what} data ended before the epoch did") from None
+
+
+def in_update_order(results: list) -> tuple:
+    """The statistics the devices' results (in replica order) report, as MXNet's update_metric would have
+    added them: step by step, and device by device within a step."""
+    windows = [dict(result.statistics) for result in results if result.statistics is not None]
+    steps = sorted(set().union(*windows))
+    return tuple(window[step] for step in steps for window in windows if step in window)
 
 
 class _Watches:

@@ -34,7 +34,7 @@ from flow.actors.compute import EvalSlice, PredictSlice, compute
 from flow.actors.metrics import SplitEnd, StepStatistics, metrics
 from flow.config import Config
 from flow.errors import ConfigError, unwrapped_errors
-from flow.fit import slice_bounds
+from flow.fit import in_update_order, slice_bounds
 from flow.recordio import RecordTable
 
 NameValues = list[tuple[str, float]]
@@ -68,8 +68,7 @@ async def score(config: Config, epoch: int | None = None, *, model: torch.nn.Mod
         return EvalSlice(data, label, samples, None)
 
     async def add_up(batch: loader_actor.Batch, results: list) -> None:
-        statistics = tuple(result.statistics for result in results if result.statistics is not None)
-        await hand_off.send(statistics_send, StepStatistics("val", epoch - 1, batch.index, statistics,
+        await hand_off.send(statistics_send, StepStatistics("val", epoch - 1, batch.index, in_update_order(results),
                                                              time.perf_counter()))
 
     with unwrapped_errors():
@@ -130,7 +129,7 @@ def _plan(config: Config, epoch: int, path: str, model: torch.nn.Module | None, 
     data = config.data
     if path != data.data_val:  # another file than the validation one: read as it would be, without its .idx
         data = dataclasses.replace(data, data_val=path, data_val_idx="")
-    settings = dataclasses.replace(builders.loader_settings(data, "val", config.train.seed),
+    settings = dataclasses.replace(builders.loader_settings(data, "val", config.train.seed, config.train.devices),
                                    num_classes=data.num_classes if labelled else 0)
     return _Plan(loaded, settings, loader_actor.record_table(settings))
 

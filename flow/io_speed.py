@@ -1,10 +1,11 @@
 """Time the data loader alone (fit.py's --test-io): `flow test-io train.toml [--set section.key=value ...]`.
 
-Runs only the training loader of the config ([data], with train.num_epochs, train.disp_batches
-and train.seed) and prints on stdout `Batch [i]\\tSpeed: N samples/sec` every disp_batches
-batches, then each epoch's `test-io: epoch E: S samples in T s, R samples/sec` and last
-`test-io: steady R samples/sec over epochs A-B`: the mean rate of the epochs after the first
-(which pays for opening the file and warming up), or of the only epoch.
+Runs only the training loader of the config ([data], with train.num_epochs, train.disp_batches,
+train.seed, and train.devices, which the batches' layout and pinning are for) and prints on
+stdout `Batch [i]\\tSpeed: N samples/sec` every disp_batches batches, then each epoch's
+`test-io: epoch E: S samples in T s, R samples/sec` and last `test-io: steady R samples/sec over
+epochs A-B`: the mean rate of the epochs after the first (which pays for opening the file and
+warming up), or of the only epoch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Callable
 from flow.run_command import add_override_arguments, unknown_option_hint  # noqa: F401
 
 # The keys the loader alone reads: fit.py's flags for the others belong to `flow run`.
-READS = ("train.num_epochs", "train.disp_batches", "train.seed")
+READS = ("train.num_epochs", "train.disp_batches", "train.seed", "train.devices")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,14 +45,18 @@ def run(args: argparse.Namespace) -> int:
 async def measure(config, emit: Callable[[str], None] | None = None) -> list[tuple[int, float]]:
     """(samples, seconds) of each epoch of the config's training loader, from epoch 0; `emit` gets
     the Batch and epoch lines as they happen."""
+    import torch
     import trio
 
     from flow.actors.loader import EpochEnd, loader, record_table
     from flow.builders import loader_settings
-    from flow.errors import unwrapped_errors
+    from flow.errors import ConfigError, unwrapped_errors
     from flow.metrics import io_speed_line
 
-    settings = loader_settings(config.data, "train", config.train.seed)
+    settings = loader_settings(config.data, "train", config.train.seed, config.train.devices)
+    if settings.pin_memory and not torch.cuda.is_available():
+        raise ConfigError(f"train.devices: {list(config.train.devices)} on a machine without a CUDA GPU: test-io "
+                          f"pins its batches for the GPU; --set train.devices='[\"cpu\"]' times the CPU's loader")
     every = config.train.disp_batches
     emit = emit or (lambda line: None)
     epochs: list[tuple[int, float]] = []

@@ -219,9 +219,9 @@ def _plan(config: Config, model: torch.nn.Module | None, train_data, val_data) -
     if train_data is None:
         if not data.data_train and not data.benchmark:
             raise ConfigError("data.data_train: expected the training .rec file, got nothing")
-        train_loader = builders.loader_settings(data, "train", train.seed)
+        train_loader = builders.loader_settings(data, "train", train.seed, train.devices)
         if data.data_val and val_data is None:
-            val_loader = builders.loader_settings(data, "val", train.seed)
+            val_loader = builders.loader_settings(data, "val", train.seed, train.devices)
     train_records = loader_actor.record_table(train_loader) if train_loader else None
     val_records = loader_actor.record_table(val_loader) if val_loader else None
     for settings, table in ((train_loader, train_records), (val_loader, val_records)):

@@ -30,3 +30,23 @@ def test_a_consumer_that_holds_many_gets_fresh_arrays_past_keep():
     del held
     again = [arrays.take() for _ in range(3)]
     assert {address(array) for array in again} == kept
+
+
+def test_pinned_arrays_are_views_of_one_tensor_each_and_reused_alike(monkeypatch):
+    allocated = []
+    plain_empty = torch.empty
+
+    def empty_unpinned(*args, pin_memory=False, **kwargs):  # torch without CUDA cannot pin
+        allocated.append(pin_memory)
+        return plain_empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty_unpinned)
+    arrays = BatchArrays((4, 3, 2), np.float32, keep=3, pinned=True)
+    first = arrays.take()
+    assert allocated == [True] and first.shape == (4, 3, 2) and first.dtype == np.float32
+    held = address(first)
+    batch = torch.from_numpy(first)  # as the loader hands it on
+    del first
+    assert address(arrays.take()) != held and len(allocated) == 2
+    del batch
+    assert address(arrays.take()) == held and len(allocated) == 2

@@ -2,15 +2,18 @@
 holds back, fails and stops. Its torch work runs in a worker thread, so these tests keep real time
 (each bounded by `LIMIT`) rather than Trio's mock clock."""
 
+import dataclasses
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 import trio
 
+from flow import augment
 from flow.actors.compute import (ComputeSettings, EvalResult, EvalSlice, ReplicaState, SnapshotRequest, TrainResult,
-                                 TrainSlice, compute)
+                                 TrainSlice, _Replica, compute)
 from flow.errors import NonFiniteLossError, UserCodeError, unwrapped_errors
 from flow.metrics import create_metric
 from flow.optim import Updater, UpdaterSettings
@@ -90,11 +93,11 @@ async def test_answers_each_slice_in_order_with_its_outputs_and_summed_gradients
     assert all(answer.replica == 0 for answer in answers)
     with torch.no_grad():
         probabilities = torch.softmax(reference(data), dim=1)
-    # the metrics' statistics of the real rows only (the pad is in no metric), beside the outputs
-    assert answers[0].statistics == metric_statistics(label[:3], probabilities[:3])
-    assert answers[1].statistics == metric_statistics(label[:2], probabilities[:2])
-    assert answers[2].statistics == metric_statistics(label[2:], probabilities[2:])
-    assert answers[0].statistics[0][1] == 3 and answers[1].statistics[0][1] == 2
+    # the metrics' statistics of the real rows only (the pad is in no metric), each slice reporting its batch's
+    assert answers[0].statistics == ((0, metric_statistics(label[:3], probabilities[:3])),)
+    assert answers[1].statistics == ((0, metric_statistics(label[:2], probabilities[:2])),)
+    assert answers[2].statistics == ((0, metric_statistics(label[2:], probabilities[2:])),)
+    assert answers[0].statistics[0][1][0][1] == 3 and answers[1].statistics[0][1][0][1] == 2
     for got, expected in zip(answers[0].gradients, summed_gradients(reference, data, label, weight)):
         torch.testing.assert_close(got, expected)
     for got, expected in zip(answers[2].gradients, summed_gradients(reference, data[2:], label[2:])):
@@ -127,7 +130,7 @@ async def test_loads_the_weights_a_slice_brings_before_computing():
             state = await snapshot(work_send)
             work_send.close()
     uniform = torch.full((4, 3), 1 / 3)  # zero logits
-    assert evaluated.statistics == again.statistics == metric_statistics(label, uniform)
+    assert evaluated.statistics == again.statistics == ((0, metric_statistics(label, uniform)),)
     assert all(torch.equal(tensor, torch.zeros_like(tensor)) for tensor in state.model.values())
 
 
@@ -271,21 +274,22 @@ def nan_on_call(call: int):
     return net
 
 
-async def test_a_nan_loss_ends_the_run_naming_epoch_and_batch_before_its_update():
+async def test_a_nan_loss_ends_the_run_at_the_windows_report_naming_its_epoch_and_batch():
     data, label = batch()
     net = nan_on_call(2)
     with trio.fail_after(LIMIT):
-        with pytest.raises(NonFiniteLossError, match=r"^the loss is nan in training Epoch\[3\] Batch\[7\]; stopped "
-                                                     r"before its update \(train.skip_nonfinite = true skips"):
+        with pytest.raises(NonFiniteLossError, match=r"^the loss is nan in training Epoch\[3\] Batch\[7\] "
+                                                     r"\(train.skip_nonfinite = true skips such updates\)$"):
             with unwrapped_errors():
                 async with trio.open_nursery() as nursery:
                     work_send, results = await start(nursery, net, make_updater=plain_sgd)
-                    await work_send.send(TrainSlice(3, data, label, 4, None, 0.25, 0.1, None, 6))
-                    await results.receive()
-                    after_first = [p.detach().clone() for p in net.parameters()]
-                    await work_send.send(TrainSlice(3, data, label, 4, None, 0.25, 0.1, None, 7))
-                    await trio.sleep_forever()
-    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), after_first))  # no update made
+                    unreported = []
+                    for index in (6, 7, 8):  # one window: only the last step reads the device back
+                        await work_send.send(TrainSlice(3, data, label, 4, None, 0.25, 0.1, None, index,
+                                                        report=index == 8))
+                        unreported.append(await results.receive())
+    assert [result.statistics for result in unreported] == [None, None]  # batch 7's NaN not seen yet
+    assert all(torch.isnan(p).all() for p in net.parameters())  # the updates up to the report were made
 
 
 @pytest.mark.parametrize("own_updater", [True, False])
@@ -310,3 +314,124 @@ async def test_with_skip_nonfinite_a_nan_loss_skips_its_update_and_says_so(own_u
             assert all(torch.isfinite(p).all() for p in net.parameters())
             assert own_updater == any(not torch.equal(p, q) for p, q in zip(net.parameters(), before))
             work_send.close()
+
+
+def conv_net():
+    """A small convolutional net (3x4x4 images, 3 classes), the same weights every time."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
+                                   torch.nn.Flatten(), torch.nn.Linear(16, 3))
+
+
+async def run_slices(net, slices, *, make_updater=None, settings=SETTINGS):
+    """Every slice through a compute actor, one at a time: their results, and its state after them."""
+    answers = []
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            work_send, results = await start(nursery, net, make_updater=make_updater, settings=settings)
+            for message in slices:
+                await work_send.send(message)
+                answers.append(await results.receive())
+            state = await snapshot(work_send)
+            work_send.close()
+    return answers, state
+
+
+def an_epoch(steps, disp_batches):
+    """TrainSlices of `steps` batches, reporting as the fit loop marks them (every `disp_batches`, and the last)."""
+    slices = []
+    for index in range(steps):
+        data, label = batch(seed=index)
+        report = (index % disp_batches == 0 and index > 0) or index == steps - 1
+        slices.append(TrainSlice(0, data, label, 4, None, 0.25, 0.1, None, index, report))
+    return slices
+
+
+class HostReads:
+    """Counts the calls that read a tensor back to the host (a GPU's synchronizations) made off the test's
+    thread: the compute actor's worker thread."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        test_thread = threading.get_ident()
+        for name in ("item", "cpu", "tolist"):
+            original = getattr(torch.Tensor, name)
+
+            def spy(tensor, *args, _original=original, _name=name, **kwargs):
+                if threading.get_ident() != test_thread:
+                    self.calls.append(_name)
+                return _original(tensor, *args, **kwargs)
+            monkeypatch.setattr(torch.Tensor, name, spy)
+
+
+@pytest.mark.parametrize("own_updater", [True, False])
+async def test_reads_the_device_back_once_a_window_and_reports_each_steps_statistics_as_a_step_by_step_read(
+        monkeypatch, own_updater):
+    make_updater = plain_sgd if own_updater else None
+    every_step = [dataclasses.replace(message, report=True) for message in an_epoch(23, 5)]
+    expected, _ = await run_slices(tiny_net(), every_step, make_updater=make_updater)
+    reads = HostReads(monkeypatch)
+    windowed, state = await run_slices(tiny_net(), an_epoch(23, 5), make_updater=make_updater)
+    reports = [result.statistics for result in windowed if result.statistics is not None]
+    assert len(reports) == 5  # at batches 5, 10, 15 and 20, and the epoch's last, 22
+    assert 1 <= len(reads.calls) <= len(reports)  # at most one a window, not one a step
+    # the same statistics, bit for bit, in order: each report the steps since the one before
+    assert [entry for report in reports for entry in report] == [result.statistics[0] for result in expected]
+    assert [[batch for batch, _ in report] for report in reports] == [
+        [0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10], [11, 12, 13, 14, 15], [16, 17, 18, 19, 20], [21, 22]]
+
+
+def test_normalizes_and_mirrors_uint8_batches_on_the_device_as_the_loaders_c_loop_does():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 5, 7, 3), dtype=np.uint8)
+    flags = np.array([True, False, True, True, False, False])
+    mean, std = (123.68, 116.779, 103.939), (58.393, 57.12, 57.375)
+    expected = np.empty((6, 3, 5, 7), np.float32)
+    augment.normalize(images, expected, np.asarray(mean, np.float32), 1 / np.asarray(std, np.float32), flags)
+    for channels_last in (False, True):
+        settings = dataclasses.replace(SETTINGS, mean=mean, std=std, channels_last=channels_last)
+        replica = _Replica(settings, tiny_net(), softmax_cross_entropy, None, None)
+        inputs = replica.inputs(torch.from_numpy(images), torch.from_numpy(flags))
+        assert inputs.dtype == torch.float32 and torch.equal(inputs, torch.from_numpy(expected))
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert inputs.is_contiguous(memory_format=layout)
+    unflipped = np.empty_like(expected)
+    augment.normalize(images, unflipped, np.asarray(mean, np.float32), 1 / np.asarray(std, np.float32))
+    assert torch.equal(replica.inputs(torch.from_numpy(images)), torch.from_numpy(unflipped))  # no flags: none flipped
+
+
+async def test_channels_last_trains_its_conv_weights_in_nhwc_memory_to_the_same_loss_and_gradients():
+    data, label = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(3)), torch.tensor([0.0, 1, 2, 1])
+    replica = _Replica(dataclasses.replace(SETTINGS, channels_last=True), conv_net(), softmax_cross_entropy, None, None)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in replica.parameters if p.dim() == 4)
+    assert any(not p.is_contiguous() for p in replica.parameters if p.dim() == 4)  # NHWC memory, not NCHW
+    nchw, _ = await run_slices(conv_net(), [train_slice(data, label)])
+    nhwc, state = await run_slices(conv_net(), [train_slice(data, label)],
+                                   settings=dataclasses.replace(SETTINGS, channels_last=True))
+    (_, (nchw_accuracy, nchw_ce)), = nchw[0].statistics
+    (_, (nhwc_accuracy, nhwc_ce)), = nhwc[0].statistics
+    assert nchw_accuracy == nhwc_accuracy
+    assert nhwc_ce == pytest.approx(nchw_ce, rel=1e-5)  # the same sums, added in another order
+    for got, expected in zip(nhwc[0].gradients, nchw[0].gradients):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert all(tensor.is_contiguous() for tensor in state.model.values())  # checkpoints in the usual layout
+
+
+async def test_compile_runs_the_compiled_model_and_keeps_the_modules_own_parameter_names(monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model, **options):  # inductor takes a minute to build here; dynamo's tracing is still real
+        compiled.append(model)
+        return real_compile(model, backend="eager", **options)
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    data, label = batch()
+    plain, _ = await run_slices(tiny_net(), [train_slice(data, label)] * 2, make_updater=plain_sgd)
+    net = tiny_net()
+    traced, state = await run_slices(net, [train_slice(data, label)] * 2, make_updater=plain_sgd,
+                                     settings=dataclasses.replace(SETTINGS, compile=True))
+    assert compiled == [net]
+    assert list(state.model) == list(tiny_net().state_dict()) == ["1.weight", "1.bias"]  # no "_orig_mod."
+    assert [result.statistics for result in traced] == [result.statistics for result in plain]
+    assert all(torch.equal(tensor, net.state_dict()[name]) for name, tensor in state.model.items())

@@ -3,6 +3,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 import re
 import typing
 from pathlib import Path
@@ -12,7 +13,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from flow.cli import main
-from flow.config import SECTIONS, Config, ConfigError, config_from_dict, load_config, parse_override
+from flow.config import (SECTIONS, Config, ConfigError, batch_layout, config_from_dict, load_config, parse_override,
+                         uses_cuda)
 from flow.metrics import METRIC_NAMES
 from tests.fixtures import fuzz_examples, small_image_rec
 
@@ -28,6 +30,27 @@ def test_defaults_follow_fit_py():
     assert config.data.rgb_mean == (123.68, 116.779, 103.939)
     assert config.data.data_nthreads == 4 and config.data.pad_value == 127
     assert config.train.kv_store == "local" and config.train.disp_batches == 20
+    assert config.data.layout == "auto"
+
+
+def test_auto_layout_is_uint8_for_a_gpu_and_float32_for_the_cpu():
+    assert uses_cuda(("cpu", "cuda:1")) and uses_cuda(("cuda",)) and not uses_cuda(("cpu", "cpu"))
+    assert batch_layout("auto", ("cuda:0",)) == "uint8_nhwc" and batch_layout("auto", ("cpu",)) == "float32_nchw"
+    assert batch_layout("float32_nchw", ("cuda:0",)) == "float32_nchw"
+    assert batch_layout("uint8_nhwc", ("cpu",)) == "uint8_nhwc"
+    with pytest.raises(ConfigError, match="data.layout: expected one of 'auto', 'float32_nchw', 'uint8_nhwc'"):
+        config_from_dict({"data": {"layout": "nchw"}})
+
+
+def test_the_batch_memory_check_counts_the_resolved_layout_s_bytes():
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    image_shape = [3, 1024, 1024]
+    batch_size = memory // (2 * math.prod(image_shape))  # half the memory as uint8, twice it as float32
+    data = {"batch_size": batch_size, "image_shape": image_shape}
+    assert config_from_dict({"data": data, "train": {"devices": ["cuda:0"]}}).data.layout == "auto"
+    for devices, layout in ((["cpu"], "auto"), (["cuda:0"], "float32_nchw")):
+        with pytest.raises(ConfigError, match="more than this machine's memory"):
+            config_from_dict({"data": {**data, "layout": layout}, "train": {"devices": devices}})
 
 
 def test_load_converts_types_and_resolves_paths_beside_the_file(tmp_path):

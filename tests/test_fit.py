@@ -60,6 +60,7 @@ class Fakes:
     silent_devices: bool = False  # the devices take work and never answer
     outputs_buffer: int | None = None  # None: room for everything; 0 and no reader: a stalled metric actor
     val_accuracy: list | None = None  # the metric actor's figure for each validation, sent back to the loop
+    stop_at: int | None = None  # a stop is requested as a device takes this training batch
     work: list = field(default_factory=list)  # per replica, every message it got
     updates: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
@@ -84,6 +85,7 @@ class Fakes:
         """Runs the fit loop with the fakes around it; returns its summary once every fake is done too."""
         depth = settings.steps_in_flight
         self.work = [[] for _ in range(self.devices)]
+        self.stop = trio.Event()
         train_send, train_receive = trio.open_memory_channel(0)
         val_send, val_receive = trio.open_memory_channel(0) if self.val is not None else (None, None)
         result_send, result_receive = trio.open_memory_channel(depth * self.devices)
@@ -122,7 +124,8 @@ class Fakes:
                 if self.saves:
                     nursery.start_soon(self._collect, save_receive, self.saved)
                 channels = FitChannels(train_receive, val_receive, work_sends, result_receive, request_send,
-                                       reply_receive, output_send, save_send, event_send, validations=validation_receive)
+                                       reply_receive, output_send, save_send, event_send, stop=self.stop,
+                                       validations=validation_receive)
                 task_status.started()
                 summary = await fit(settings, channels)
                 for scope in loaders:
@@ -148,6 +151,7 @@ class Fakes:
                     await validations.send(Validation(message.epoch, [("accuracy", figure)], message.samples))
 
     async def _compute(self, replica, work, results):
+        unreported = []  # (batch, statistics) of the slices since the last report, as a replica keeps them
         async with results:
             async for message in work:
                 self.work[replica].append(message)
@@ -157,9 +161,14 @@ class Fakes:
                     continue
                 if self.silent_devices:
                     continue
+                if isinstance(message, TrainSlice) and message.batch == self.stop_at:
+                    self.stop.set()
                 await trio.sleep(self.delays.get(replica, 0))
                 # statistics: the slice's rows and real samples, so that the loop's order shows
-                statistics = (tuple(message.data.squeeze(1).tolist()), message.samples)
+                unreported.append((message.batch, (tuple(message.data.squeeze(1).tolist()), message.samples)))
+                statistics = None
+                if message.report:
+                    statistics, unreported = tuple(unreported), []
                 if isinstance(message, TrainSlice):
                     gradients = [torch.tensor(float(replica))] if self.server else None
                     await results.send(TrainResult(replica, statistics, gradients))
@@ -181,14 +190,15 @@ class Fakes:
             into.append(message)
 
 
-def settings(num_epochs=2, devices=1, begin_epoch=0, begin_update=0, period=1, schedule=None, watch=None):
+def settings(num_epochs=2, devices=1, begin_epoch=0, begin_update=0, period=1, schedule=None, watch=None,
+             disp_batches=20):
     """Several devices have a server; batches as large as the in-flight budget: the fewest steps ahead."""
     return FitSettings(begin_epoch, num_epochs, ("cpu",) * devices, "local", period, seed=7,
                        begin_update=begin_update, num_parameters=1,
                        schedule=schedule or build_schedule("multifactor", 1.0, epoch_size=3, lr_factor=0.1,
                                                            lr_step_epochs=(1,)),
                        model_spec={"network": "fake"}, batches_per_epoch=3,
-                       steps_in_flight=steps_in_flight(devices > 1, 64 << 20), watch=watch)
+                       steps_in_flight=steps_in_flight(devices > 1, 64 << 20), watch=watch, disp_batches=disp_batches)
 
 
 def train_slices(messages):
@@ -209,18 +219,23 @@ async def test_one_device_runs_epochs_in_order_with_checkpoints_and_validation(a
     assert [s.samples for s in trained[:3]] == [4, 4, 3]
     assert all(s.weights is None for s in fakes.work[0] if not isinstance(s, SnapshotRequest))  # it updates itself
 
-    # the metric actor's view: each step's statistics in order, then the split's end
-    assert [(type(m).__name__, m.split, m.epoch) for m in fakes.outputs] == (
+    # the metric actor's view: each step's statistics in order, then the split's end; the learning rate's
+    # change at the step that makes it, after the previous epoch's validation (the log's order)
+    assert fakes.outputs[7] == LearningRateChanged(4, 0.1)
+    assert [(type(m).__name__, m.split, m.epoch) for m in fakes.outputs if not isinstance(m, LearningRateChanged)] == (
         [("StepStatistics", "train", 0)] * 3 + [("SplitEnd", "train", 0)] + [("StepStatistics", "val", 0)] * 2
         + [("SplitEnd", "val", 0)] + [("StepStatistics", "train", 1)] * 3 + [("SplitEnd", "train", 1)]
         + [("StepStatistics", "val", 1)] * 2 + [("SplitEnd", "val", 1)])
     steps = [m for m in fakes.outputs if isinstance(m, StepStatistics)]
+    assert all(a.time <= b.time for a, b in zip(steps, steps[1:]))  # the devices' clock, in step order
     assert [(m.index, m.lr) for m in steps[:5]] == [(0, 1.0), (1, 1.0), (2, 1.0), (0, 0.0), (1, 0.0)]
     for split, loaded in (("train", fakes.train), ("val", fakes.val)):
         batches = [batch for batch in loaded if isinstance(batch, Batch)]
         split_steps = [m for m in steps if m.split == split]
-        assert [m.statistics for m in split_steps] == [
-            ((tuple(batch.data.squeeze(1).tolist()), batch.data.shape[0] - batch.pad),) for batch in batches]
+        # each epoch's last step reports its steps' statistics (the window of 20 is longer than the epoch)
+        assert [bool(m.statistics) for m in split_steps] == [batch.index == len(batches) // 2 - 1 for batch in batches]
+        assert [statistics for m in split_steps for statistics in m.statistics] == [
+            (tuple(batch.data.squeeze(1).tolist()), batch.data.shape[0] - batch.pad) for batch in batches]
     ends = [m for m in fakes.outputs if isinstance(m, SplitEnd)]
     assert [(m.batches, m.samples) for m in ends] == [(3, 11), (2, 6)] * 2
 
@@ -229,8 +244,8 @@ async def test_one_device_runs_epochs_in_order_with_checkpoints_and_validation(a
     assert torch.equal(fakes.saved[1].model_state["weight"], torch.tensor(0.0))
     assert fakes.saved[1].model_spec == {"network": "fake"}
 
-    # the step at epoch 1 is announced at its first update; the summary is the caller's to send
-    assert fakes.events == [RunStarted(0, 2, ["cpu"], "local", 1, batches_per_epoch=3), LearningRateChanged(4, 0.1)]
+    # the summary is the caller's to send
+    assert fakes.events == [RunStarted(0, 2, ["cpu"], "local", 1, batches_per_epoch=3)]
     assert (summary.epochs, summary.updates) == (2, 6)
 
 
@@ -257,11 +272,39 @@ async def test_several_devices_get_their_slices_and_the_server_updates_in_replic
     assert next(m for m in fakes.work[0] if isinstance(m, EvalSlice)).weights is None
 
     steps = [m for m in fakes.outputs if isinstance(m, StepStatistics)]
-    assert [m.statistics for m in steps] == [  # one entry per slice, in replica order; replica 1's pad is no sample
-        (((0.0, 1.0, 2.0), 3), ((3.0, 4.0), 2)), (((100.0, 101.0, 102.0), 3), ((103.0, 104.0), 1)),
+    # one entry per slice, step by step in replica order, reported at the epoch's end; replica 1's pad is no sample
+    assert [m.statistics for m in steps] == [
+        (), (((0.0, 1.0, 2.0), 3), ((3.0, 4.0), 2), ((100.0, 101.0, 102.0), 3), ((103.0, 104.0), 1)),
         (((50.0, 51.0), 2), ((52.0,), 1))]
     assert fakes.saved[0].states["updater"] == {"optimizer": "server"}
     assert summary.updates == 2
+
+
+async def test_the_devices_report_at_each_window_and_epoch_end_and_before_a_batch_that_leaves_one_out(autojump_clock):
+    fakes = Fakes(devices=2, server=True, train=epoch_of(0, [4, 4, 4, 4, 4, 1]), val=epoch_of(0, [4] * 4, val=True))
+    await fakes.run(settings(num_epochs=1, devices=2, disp_batches=3))
+    first, second = (train_slices(work) for work in fakes.work)
+    # batch 3 ends a window; batch 5 gives replica 1 nothing, so batch 4 reports; batch 5 ends the epoch
+    assert [s.report for s in first] == [False, False, False, True, True, True]
+    assert [s.report for s in second] == [False, False, False, True, True]
+    evaluated = [m for m in fakes.work[0] if isinstance(m, EvalSlice)]
+    assert [m.report for m in evaluated] == [False, False, False, True]  # validation: batch 0 starts no window
+    steps = [m for m in fakes.outputs if isinstance(m, StepStatistics) and m.split == "train"]
+    assert [[values for values, _ in m.statistics] for m in steps] == [  # step by step, replica by replica
+        [], [], [], [(0.0, 1.0), (2.0, 3.0), (100.0, 101.0), (102.0, 103.0), (200.0, 201.0), (202.0, 203.0),
+                     (300.0, 301.0), (302.0, 303.0)],
+        [(400.0, 401.0), (402.0, 403.0)], [(500.0,)]]
+
+
+async def test_a_stop_sends_the_batch_held_back_as_a_report_and_stops_after_it(autojump_clock):
+    fakes = Fakes(devices=2, server=True, saves=False, train=epoch_of(0, [4] * 10), stop_at=2)
+    summary = await fakes.run(settings(num_epochs=1, devices=2, disp_batches=20))
+    # the batch in hand when the loop saw the stop goes as the run's last step, and reports
+    sent = [s.report for s in train_slices(fakes.work[0])]
+    assert 3 <= len(sent) < 10 and sent == [False] * (len(sent) - 1) + [True]
+    assert [s.report for s in train_slices(fakes.work[1])] == sent
+    assert [m.index for m in fakes.outputs if isinstance(m, StepStatistics) and m.statistics] == [len(sent) - 1]
+    assert (summary.epoch, summary.batch) == (0, len(sent))
 
 
 async def test_a_resumed_run_counts_on_from_the_checkpoints_update(autojump_clock):
@@ -303,12 +346,13 @@ def test_small_batches_go_many_steps_ahead_large_ones_few_and_none_with_a_server
 
 async def test_a_stalled_metric_actor_holds_the_loop_back(autojump_clock):
     fakes = Fakes(train=epoch_of(0, [4] * 20), outputs_buffer=0)  # nobody takes the outputs
+    constant = build_schedule("multifactor", 1.0, epoch_size=3, lr_factor=0.1, lr_step_epochs=())
     async with trio.open_nursery() as nursery:
-        await nursery.start(fakes.run, settings(num_epochs=1))
+        await nursery.start(fakes.run, settings(num_epochs=1, schedule=constant))
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert len(fakes.work[0]) == 4  # the steps in flight; the first one's outputs wait to be taken
-    assert fakes.loaded == 5  # and the batch in hand, for which it waits to make room
+    assert fakes.loaded == 6  # and the batch held back, and the one after it, for which it waits to make room
 
 
 @pytest.mark.parametrize("what", ["training", "validation"])

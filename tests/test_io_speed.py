@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 from flow.cli import main
 from flow.config import config_from_dict
@@ -64,6 +65,14 @@ def test_a_corrupt_file_fails_with_the_loader_error(tmp_path, capsys):
     assert main(["test-io", str(path)]) == 1
     error = capsys.readouterr().err
     assert error.startswith("flow test-io: error: ") and "broken.rec" in error and "past the end" in error
+
+
+def test_gpu_devices_time_the_pinned_uint8_loader_and_need_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["test-io", str(write_config(tmp_path)), "--set", 'train.devices=["cuda:0"]']) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("flow test-io: error: train.devices: ['cuda:0'] on a machine without a CUDA GPU")
+    assert len(error.splitlines()) == 1
 
 
 async def test_measure_returns_samples_and_seconds_per_epoch():

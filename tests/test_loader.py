@@ -10,6 +10,7 @@ import pytest
 import torch
 import trio
 
+from flow import augment, batch_arrays
 from flow.actors import loader as loader_module
 from flow.actors.loader import Batch, EpochEnd, LoaderSettings, loader, record_table
 from flow.augment import AugmentSettings
@@ -323,6 +324,92 @@ async def test_cancelled_mid_epoch_its_worker_threads_end_with_it(tmp_path):
             scope.cancel()
     assert scope.cancelled_caught
     assert not threads_running_flow_code()
+
+
+# --------------------------------------------------------------------------- uint8 for a GPU: mirror flags, pinned arrays
+
+
+def flipped_and_normalized(batch, settings):
+    """A uint8 batch as the device makes it: its flagged images flipped (flow.augment.mirror), then
+    normalized to float32 NCHW as the loader's float32 output is."""
+    images = batch.data.numpy().copy()
+    augment.mirror(images, batch.mirror.numpy())
+    out = np.empty((len(images), 3, *images.shape[1:3]), np.float32)
+    augment.normalize(images, out, np.asarray(settings.mean, np.float32), 1 / np.asarray(settings.std, np.float32))
+    return out
+
+
+async def test_uint8_batches_leave_the_mirror_to_the_device_with_the_float32_path_s_values():
+    augmentation = AugmentSettings(resize=72, rand_crop=True, rand_mirror=True, max_random_h=36, max_random_s=50,
+                                   max_random_l=50, brightness=0.4, contrast=0.4, saturation=0.4, pca_noise=0.1)
+    settings = LoaderSettings(path=str(MXNET_FIXTURES / "val.rec"), data_shape=(3, 64, 64), batch_size=25,
+                              nthreads=2, mean=MEAN, std=STD, augment=augmentation, seed=5, layout="uint8_nhwc",
+                              num_parts=4)
+    raw = batches(await collect(settings, num_epochs=2))
+    normalized = batches(await collect(dataclasses.replace(settings, layout="float32_nchw"), num_epochs=2))
+    assert len(raw) == len(normalized) == 4
+    for uint8, float32 in zip(raw, normalized):
+        assert uint8.mirror.dtype == torch.bool and uint8.mirror.shape == (25,) and float32.mirror is None
+        assert np.array_equal(flipped_and_normalized(uint8, settings), float32.data.numpy())
+    flags = torch.cat([batch.mirror for batch in raw])
+    assert 0 < flags.sum() < len(flags)  # some flipped, some not: the flags matter
+    unflipped = raw[0].data.numpy()[raw[0].mirror.numpy()]
+    assert not np.array_equal(unflipped, normalized[0].data.numpy())  # the loader itself did not flip them
+    plain = batches(await collect(dataclasses.replace(settings, augment=AugmentSettings(resize=72))))
+    synthetic = batches(await collect(dataclasses.replace(settings, benchmark=True, num_examples=50)))
+    assert all(batch.mirror is None for batch in plain + synthetic)
+
+
+async def test_mirror_flags_move_with_their_samples_past_bad_records(tmp_path):
+    garbage = pack(IRHeader(0, 7.0, 7, 0), b"\xff\xd8 not really a jpeg")
+    path = write_numbered(tmp_path / "n.rec", 40, broken={7: garbage, 20: b"short", 21: b"short"})
+    settings = numbered(path, skip_bad_records=True, shuffle=True, augment=AugmentSettings(rand_mirror=True),
+                        mean=MEAN, std=STD)
+    raw = await collect(settings, num_epochs=2)
+    normalized = batches(await collect(dataclasses.replace(settings, layout="float32_nchw"), num_epochs=2))
+    assert sorted(by_epoch(raw)[0]) == sorted(set(range(40)) - {7, 20, 21})
+    for uint8, float32 in zip(batches(raw), normalized):
+        assert np.array_equal(flipped_and_normalized(uint8, settings), float32.data.numpy())
+    assert any(batch.pad for batch in batches(raw)) and any(batch.mirror.any() for batch in batches(raw))
+
+
+@pytest.mark.parametrize("layout", ["uint8_nhwc", "float32_nchw"])
+async def test_pinned_batch_arrays_are_allocated_once_and_reused(tmp_path, monkeypatch, layout):
+    allocations = []
+
+    def pinned_empty(shape, dtype):  # torch without CUDA cannot pin: count the calls, allocate plainly
+        allocations.append((shape, dtype))
+        return np.empty(shape, dtype)
+
+    async def copies(settings):
+        """Each message, a batch as copies of its arrays: the batch itself is dropped at once."""
+        send_channel, receive_channel = trio.open_memory_channel(0)
+        kept = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(loader, settings, record_table(settings), send_channel, 0, 4)
+            async for message in receive_channel:
+                if isinstance(message, Batch):
+                    message = (message.data.numpy().copy(), message.label.tolist(), message.ids.tolist(),
+                               message.pad, None if message.mirror is None else message.mirror.tolist())
+                kept.append(message)
+                del message
+        return kept
+
+    monkeypatch.setattr(batch_arrays, "pinned_empty", pinned_empty)
+    settings = numbered(write_numbered(tmp_path / "n.rec", 80), batch_size=8, prefetch=2, shuffle=True,
+                        layout=layout, augment=AugmentSettings(rand_mirror=True))
+    plain = await copies(settings)
+    assert not allocations
+    pinned = await copies(dataclasses.replace(settings, pin_memory=True))
+    assert 1 <= len(allocations) <= settings.prefetch + 4  # the pool's keep, over 40 batches
+    dtype = np.uint8 if layout == "uint8_nhwc" else np.float32
+    assert all(np.dtype(allocated) == dtype for _, allocated in allocations)
+    assert len(pinned) == len(plain) == 44
+    for a, b in zip(pinned, plain):
+        if isinstance(a, EpochEnd):
+            assert a == b
+        else:
+            assert np.array_equal(a[0], b[0]) and a[1:] == b[1:]
 
 
 # --------------------------------------------------------------------------- flow control

@@ -7,7 +7,7 @@ import trio.testing
 
 from flow.actors.metrics import MetricSettings, SplitEnd, StepStatistics, metrics
 from flow.errors import ConfigError
-from flow.events import BatchEnd, EpochEnd, Validation
+from flow.events import BatchEnd, EpochEnd, LearningRateChanged, Validation
 from flow.metrics import create_metric
 
 SETTINGS = MetricSettings(metrics=("accuracy",), top_k=0, batch_size=4, disp_batches=2)
@@ -48,6 +48,14 @@ async def test_speedometer_reports_then_epoch_end_then_validation():
         EpochEnd(0, [("accuracy", 0.5)], 5.5, 20, 5, 0.1),  # 10 of 20, at the last update's lr
         Validation(0, [("accuracy", 0.5)], 6),  # 1 + 2 of 6
     ]
+
+
+async def test_the_fit_loops_events_go_on_between_the_figures_in_the_order_they_came():
+    train = [outputs("train", 1, index, 4, time=float(index)) for index in range(3)]
+    events = await run_actor([SplitEnd("val", 0, batches=0, samples=0, seconds=0.0), LearningRateChanged(7, 0.01),
+                              *train, SplitEnd("train", 1, batches=3, samples=12, seconds=1.0)])
+    assert [type(event) for event in events] == [Validation, LearningRateChanged, BatchEnd, EpochEnd]
+    assert events[1] == LearningRateChanged(7, 0.01)
 
 
 async def test_each_epoch_starts_its_metrics_and_clock_afresh():

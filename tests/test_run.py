@@ -455,7 +455,7 @@ class NaNOn(torch.nn.Module):
 
 
 async def test_a_nan_loss_ends_the_run_naming_epoch_and_batch_and_keeps_the_checkpoints(tmp_path):
-    with pytest.raises(NonFiniteLossError, match=r"^the loss is nan in training Epoch\[1\] Batch\[2\]; stopped"):
+    with pytest.raises(NonFiniteLossError, match=r"^the loss is nan in training Epoch\[1\] Batch\[2\] \(train\."):
         await train(small_config(tmp_path, train={"num_epochs": 3}), model=NaNOn({9}), train_data=synthetic_data())
     assert checkpoints.saved_epochs(str(tmp_path / "model")) == [1]
 
@@ -515,8 +515,9 @@ async def test_a_run_stopped_mid_epoch_then_resumed_equals_one_never_stopped_bit
         stopped = await run.wait()
     events = [event async for event in events]
     epoch, batch = stopped.stopped_at
-    # The steps already sent finish: with a parameter server one at a time, else up to 16 ahead.
-    assert epoch == 1 and (batch == 4 if len(devices) > 1 else 4 <= batch < 80)
+    # The steps already sent finish, and the batch held back (the loop's look-ahead): with a parameter
+    # server one step at a time, else up to 16 ahead.
+    assert epoch == 1 and (batch == 5 if len(devices) > 1 else 4 <= batch < 80)
     assert [(e.epoch, e.batch) for e in events if isinstance(e, CheckpointSaved)] == [(1, 0), (1, batch)]
     assert isinstance(events[-1], RunStopped) and (events[-1].epoch, events[-1].batch) == (1, batch)
     mid_epoch = tmp_path / "split" / f"model-0001-batch{batch:05d}.params"
@@ -547,9 +548,9 @@ async def test_a_stop_mid_epoch_with_a_watch_saves_the_watches_and_is_no_early_s
         events = run.events()
         stopped = await run.wait()
     events = [event async for event in events]
-    assert stopped.stopped_at == (1, 4) and isinstance(events[-1], RunStopped)
+    assert stopped.stopped_at == (1, 5) and isinstance(events[-1], RunStopped)  # the 4th step sent, and the one held
     assert not [event for event in events if type(event).__name__ == "EarlyStopped"]
-    mid_epoch = checkpoints.read_checkpoint(str(tmp_path / "model"), 1, 4)
+    mid_epoch = checkpoints.read_checkpoint(str(tmp_path / "model"), 1, 5)
     assert mid_epoch.states["watch"]["early_stop"]["best_epoch"] == 0
 
     resumed = await train(dataclasses.replace(config, checkpoint=dataclasses.replace(config.checkpoint, resume=True)),
