@@ -54,6 +54,7 @@ class ComputeSettings:
     channels_last: bool = False  # the model and its inputs in torch.channels_last (NHWC in memory)
     compile: bool = False  # torch.compile the model's forward (its first steps compile)
     torch_threads: int = 0  # torch's intra-op threads for this replica's ops (0: as its thread has them)
+    cudnn_benchmark: bool = True  # a GPU replica lets cuDNN time its algorithms per shape (MXNet's autotune)
 
 
 @dataclass(frozen=True)
@@ -412,8 +413,21 @@ class _Replica:
             for message in messages:
                 if not isinstance(message, SnapshotRequest):
                     self.copies.stage(message, _host_tensors(message))
-        with self.random.active(), intra_op_threads(self.settings.torch_threads):
+        with self.random.active(), intra_op_threads(self.settings.torch_threads), self.cudnn_autotune():
             return [self.steps[type(message)](message) for message in messages]
+
+    @contextlib.contextmanager
+    def cudnn_autotune(self) -> Iterator[None]:
+        """cuDNN's benchmark mode on a GPU replica's calls (a process-wide flag: put back after each call)."""
+        if self.device.type != "cuda":
+            yield
+            return
+        found = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.settings.cudnn_benchmark
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = found
 
 
 def _nonfinite_loss(value: float, epoch: int, batch: int) -> NonFiniteLossError:

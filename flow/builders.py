@@ -85,7 +85,8 @@ def compute_settings(config: Config, replica: int, decode_threads: int | None = 
         decode_threads = loader_threads(config, reads_records=True)
     return ComputeSettings(train.devices[replica], replica, train.precision, train.seed, data.rgb_mean, data.rgb_std,
                            train.metrics, train.top_k, train.monitor, train.monitor_pattern, train.skip_nonfinite,
-                           train.channels_last, train.compile, torch_threads(config, decode_threads))
+                           train.channels_last, train.compile, torch_threads(config, decode_threads),
+                           train.cudnn_benchmark)
 
 
 def loader_threads(config: Config, reads_records: bool) -> int:

@@ -166,6 +166,7 @@ class TrainConfig:
     precision: str = knob("fp32", choices=("fp32", "bf16", "fp16"))
     channels_last: bool = knob(False)  # the model and its inputs in channels_last (NHWC) memory: faster GPU convs
     compile: bool = knob(False)  # torch.compile each replica's model: faster steps after a first one that compiles
+    cudnn_benchmark: bool = knob(True)  # cuDNN times its convolution algorithms for each new shape (MXNet's autotune)
     # torch's intra-op threads in each device's compute thread (0: the cores data.data_nthreads leave,
     # shared among the CPU devices, at most torch's own count; flow/thread_budget.py)
     torch_threads: int = knob(0, "a non-negative integer, at most 1024 (0: the thread budget's)",

@@ -401,6 +401,25 @@ def test_normalizes_and_mirrors_uint8_batches_on_the_device_as_the_loaders_c_loo
     assert torch.equal(replica.inputs(torch.from_numpy(images)), torch.from_numpy(unflipped))  # no flags: none flipped
 
 
+def test_a_gpu_replica_turns_cudnn_autotuning_on_for_its_calls_and_puts_the_callers_flag_back():
+    found = torch.backends.cudnn.benchmark
+    for chosen in (True, False):
+        replica = _Replica(dataclasses.replace(SETTINGS, cudnn_benchmark=chosen), tiny_net(), softmax_cross_entropy,
+                           None, None)
+        with replica.cudnn_autotune():  # a CPU replica leaves the flag alone
+            assert torch.backends.cudnn.benchmark == found
+        replica.device = torch.device("cuda", 0)  # the flag's handling alone: nothing runs on the device here
+        torch.backends.cudnn.benchmark = not chosen
+        try:
+            with pytest.raises(RuntimeError, match="a step failed"):
+                with replica.cudnn_autotune():
+                    assert torch.backends.cudnn.benchmark == chosen
+                    raise RuntimeError("a step failed")
+            assert torch.backends.cudnn.benchmark == (not chosen)
+        finally:
+            torch.backends.cudnn.benchmark = found
+
+
 async def test_channels_last_trains_its_conv_weights_in_nhwc_memory_to_the_same_loss_and_gradients():
     data, label = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(3)), torch.tensor([0.0, 1, 2, 1])
     replica = _Replica(dataclasses.replace(SETTINGS, channels_last=True), conv_net(), softmax_cross_entropy, None, None)
