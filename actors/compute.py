@@ -165,6 +165,11 @@ class _Unreported:
     loss: torch.Tensor | None  # the slice's loss sum, to check at the report (None: checked already, or validation)
 
 
+def _on_host(device: torch.device) -> bool:
+    """Whether a replica's outputs are in host memory already (nothing to read back)."""
+    return device.type == "cpu"
+
+
 def _to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Copies of `tensors` (on one device) on the host, made in one transfer: a GPU synchronizes once.
     Their bytes go end to end, each 8-byte aligned so that it views back as its own dtype."""
@@ -177,6 +182,8 @@ def _to_host(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         if padding := -raw.numel() % 8:
             pieces.append(raw.new_zeros(padding))
             offset += padding
+    if not tensors:
+        return []
     host = torch.cat(pieces).cpu()
     return [host[start:start + tensor.numel() * tensor.element_size()].view(tensor.dtype).view(tensor.shape)
             for start, tensor in zip(starts, tensors)]
@@ -388,11 +395,12 @@ class _Replica:
         steps, self.unreported = self.unreported, []
         kept = [tensor for step in steps
                 for tensor in (step.label, step.probabilities, *(() if step.loss is None else (step.loss,)))]
-        host = iter(_to_host(kept) if kept else ())
+        host = iter(kept if _on_host(self.device) else _to_host(kept))
         on_host = [(step, next(host), next(host), None if step.loss is None else next(host)) for step in steps]
-        for step, _, _, loss in on_host:
-            if loss is not None and not math.isfinite(value := float(loss)):
-                raise _nonfinite_loss(value, step.epoch, step.batch)
+        losses = [(step, loss) for step, _, _, loss in on_host if loss is not None]
+        if losses and not torch.isfinite(torch.stack([loss for _, loss in losses])).all():
+            step, loss = next((step, loss) for step, loss in losses if not math.isfinite(float(loss)))
+            raise _nonfinite_loss(float(loss), step.epoch, step.batch)
         return tuple((step.batch, self.metric.statistics(label, probabilities))
                      for step, label, probabilities, _ in on_host if len(label))
 

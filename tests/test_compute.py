@@ -12,6 +12,7 @@ import torch
 import trio
 
 from flow import augment
+from flow.actors import compute as compute_module
 from flow.actors.compute import (ComputeSettings, EvalResult, EvalSlice, ReplicaState, SnapshotRequest, TrainResult,
                                  TrainSlice, _Replica, compute)
 from flow.errors import NonFiniteLossError, UserCodeError, unwrapped_errors
@@ -372,6 +373,8 @@ async def test_reads_the_device_back_once_a_window_and_reports_each_steps_statis
     every_step = [dataclasses.replace(message, report=True) for message in an_epoch(23, 5)]
     expected, _ = await run_slices(tiny_net(), every_step, make_updater=make_updater)
     reads = HostReads(monkeypatch)
+    # a GPU's path: outputs read back from the device (a CPU replica's are on the host already: no reads)
+    monkeypatch.setattr(compute_module, "_on_host", lambda device: False)
     windowed, state = await run_slices(tiny_net(), an_epoch(23, 5), make_updater=make_updater)
     reports = [result.statistics for result in windowed if result.statistics is not None]
     assert len(reports) == 5  # at batches 5, 10, 15 and 20, and the epoch's last, 22
