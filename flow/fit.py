@@ -128,6 +128,7 @@ class _Step:
     slices: int  # results to wait for
     num_update: int | None  # training: the update this step makes; None: validation
     lr: float  # that update's (0.0: validation)
+    told: bool  # the metric actor hears of it: it reports its statistics, or starts the Speedometer's clock
 
 
 class _Loop:
@@ -147,8 +148,9 @@ class _Loop:
         self.position = self.saved = (settings.begin_epoch, settings.begin_batch)
         self.skipped_updates = 0  # in this epoch: a NaN or inf loss, with train.skip_nonfinite
 
-    async def send_step(self, epoch: int, index: int, batch, *, training: bool, report: bool) -> int:
-        """Hands each device its slice of `batch` (`report`: read back after it); returns its real samples."""
+    async def send_step(self, epoch: int, index: int, batch, *, training: bool, report: bool, first: bool) -> int:
+        """Hands each device its slice of `batch` (`report`: read back after it; `first`: the epoch's first
+        here); returns its real samples."""
         size = batch.data.shape[0]
         real = size - batch.pad
         weight = None
@@ -181,7 +183,7 @@ class _Loop:
                     message = EvalSlice(data, label, slice_samples, weights, epoch, index, report, mirror)
                 await hand_off.send(self.channels.work[replica], message)
                 slices += 1
-        self.in_flight.append(_Step(epoch, index, real, slices, num_update, lr))
+        self.in_flight.append(_Step(epoch, index, real, slices, num_update, lr, report or first))
         return real
 
     async def finish_step(self) -> None:
@@ -203,9 +205,10 @@ class _Loop:
         # collects them); a server's update is part of the step.
         finished = time.perf_counter() if self.channels.server_requests is not None else max(
             result.finished for result in results)
-        split = "val" if step.num_update is None else "train"
-        await hand_off.send(self.channels.outputs, StepStatistics(
-            split, step.epoch, step.index, in_update_order(results), finished, step.lr))
+        if step.told:  # (the steps between carry nothing the metric actor reads: one hand-off a step saved)
+            split = "val" if step.num_update is None else "train"
+            await hand_off.send(self.channels.outputs, StepStatistics(
+                split, step.epoch, step.index, in_update_order(results), finished, step.lr))
 
     def stop_requested(self) -> bool:
         return self.channels.stop is not None and self.channels.stop.is_set()
@@ -228,7 +231,8 @@ class _Loop:
                     await self.finish_step()
                 report = (ended or stopping or (index % self.settings.disp_batches == 0 and index != first_batch)
                           or self.num_devices > following.data.shape[0])  # a device left out must have reported
-                samples += await self.send_step(epoch, index, held, training=training, report=report)
+                samples += await self.send_step(epoch, index, held, training=training, report=report,
+                                                first=index == first_batch)
                 index += 1
                 if training:
                     self.position = (epoch, index)

@@ -219,21 +219,24 @@ async def test_one_device_runs_epochs_in_order_with_checkpoints_and_validation(a
     assert [s.samples for s in trained[:3]] == [4, 4, 3]
     assert all(s.weights is None for s in fakes.work[0] if not isinstance(s, SnapshotRequest))  # it updates itself
 
-    # the metric actor's view: each step's statistics in order, then the split's end; the learning rate's
-    # change at the step that makes it, after the previous epoch's validation (the log's order)
-    assert fakes.outputs[7] == LearningRateChanged(4, 0.1)
+    # the metric actor's view: the steps that start the clock (each epoch's first) or report statistics (the
+    # window of 20 is longer than the epoch: its last), then the split's end; the learning rate's change at
+    # the step that makes it, after the previous epoch's validation (the log's order)
+    assert fakes.outputs[6] == LearningRateChanged(4, 0.1)
     assert [(type(m).__name__, m.split, m.epoch) for m in fakes.outputs if not isinstance(m, LearningRateChanged)] == (
-        [("StepStatistics", "train", 0)] * 3 + [("SplitEnd", "train", 0)] + [("StepStatistics", "val", 0)] * 2
-        + [("SplitEnd", "val", 0)] + [("StepStatistics", "train", 1)] * 3 + [("SplitEnd", "train", 1)]
+        [("StepStatistics", "train", 0)] * 2 + [("SplitEnd", "train", 0)] + [("StepStatistics", "val", 0)] * 2
+        + [("SplitEnd", "val", 0)] + [("StepStatistics", "train", 1)] * 2 + [("SplitEnd", "train", 1)]
         + [("StepStatistics", "val", 1)] * 2 + [("SplitEnd", "val", 1)])
     steps = [m for m in fakes.outputs if isinstance(m, StepStatistics)]
     assert all(a.time <= b.time for a, b in zip(steps, steps[1:]))  # the devices' clock, in step order
-    assert [(m.index, m.lr) for m in steps[:5]] == [(0, 1.0), (1, 1.0), (2, 1.0), (0, 0.0), (1, 0.0)]
+    assert [(m.index, m.lr) for m in steps[:4]] == [(0, 1.0), (2, 1.0), (0, 0.0), (1, 0.0)]
     for split, loaded in (("train", fakes.train), ("val", fakes.val)):
         batches = [batch for batch in loaded if isinstance(batch, Batch)]
+        last = len(batches) // 2 - 1
         split_steps = [m for m in steps if m.split == split]
         # each epoch's last step reports its steps' statistics (the window of 20 is longer than the epoch)
-        assert [bool(m.statistics) for m in split_steps] == [batch.index == len(batches) // 2 - 1 for batch in batches]
+        assert [(m.index, bool(m.statistics)) for m in split_steps] == [
+            (batch.index, batch.index == last) for batch in batches if batch.index in (0, last)]
         assert [statistics for m in split_steps for statistics in m.statistics] == [
             (tuple(batch.data.squeeze(1).tolist()), batch.data.shape[0] - batch.pad) for batch in batches]
     ends = [m for m in fakes.outputs if isinstance(m, SplitEnd)]
@@ -290,9 +293,10 @@ async def test_the_devices_report_at_each_window_and_epoch_end_and_before_a_batc
     evaluated = [m for m in fakes.work[0] if isinstance(m, EvalSlice)]
     assert [m.report for m in evaluated] == [False, False, False, True]  # validation: batch 0 starts no window
     steps = [m for m in fakes.outputs if isinstance(m, StepStatistics) and m.split == "train"]
+    assert [m.index for m in steps] == [0, 3, 4, 5]  # the clock's start, then the reports
     assert [[values for values, _ in m.statistics] for m in steps] == [  # step by step, replica by replica
-        [], [], [], [(0.0, 1.0), (2.0, 3.0), (100.0, 101.0), (102.0, 103.0), (200.0, 201.0), (202.0, 203.0),
-                     (300.0, 301.0), (302.0, 303.0)],
+        [], [(0.0, 1.0), (2.0, 3.0), (100.0, 101.0), (102.0, 103.0), (200.0, 201.0), (202.0, 203.0),
+             (300.0, 301.0), (302.0, 303.0)],
         [(400.0, 401.0), (402.0, 403.0)], [(500.0,)]]
 
 
@@ -312,7 +316,7 @@ async def test_a_resumed_run_counts_on_from_the_checkpoints_update(autojump_cloc
     fakes = Fakes(train=epoch_of(2, [4, 4, 4]))
     summary = await fakes.run(settings(num_epochs=3, begin_epoch=2, begin_update=6, schedule=schedule))
     assert [s.lr for s in train_slices(fakes.work[0])] == [0.25] * 3  # updates 7-9: after the steps at 3 and 6
-    assert [m.lr for m in fakes.outputs if isinstance(m, StepStatistics)] == [0.25] * 3
+    assert [m.lr for m in fakes.outputs if isinstance(m, StepStatistics)] == [0.25] * 2  # the first and the last
     assert fakes.saved[0].states["num_update"] == 9 and fakes.saved[0].epoch == 3
     assert (summary.epochs, summary.updates) == (1, 9)
 
