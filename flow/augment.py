@@ -227,10 +227,12 @@ def dct_shrink(height: int, width: int, params: AugmentParams | None, index: int
                out_size: tuple[int, int]) -> int:
     """4, 2 or 1: how much smaller a height x width JPEG may be decoded, because what reads its pixels
     first (the shorter-side resize, else the random_resized_crop or crop-size window resized to the
-    output) shrinks it at least that much on both axes. 1 when a warp or pad reads them first, for
-    nearest-neighbour resizing (which picks pixels, not averages), for MXNet's fallback crop, and
-    for sides under 16 px. A function of the size and the draws only: deterministic by seed."""
-    if settings.affine or settings.pad or min(height, width) < 2 * MIN_SHRUNK_SIDE:
+    output) shrinks it at least that much on both axes. 1 when dct_scaling is off, when a warp or pad
+    reads them first, for the nearest and area (Pillow's box) filters, which take whole source
+    pixels, so that on a halved grid they take others (area: mean abs difference ~3 levels, up to
+    141, on the bench's photos), for MXNet's fallback crop, and for sides under 16 px. A function of
+    the size and the draws only: deterministic by seed."""
+    if not settings.dct_scaling or settings.affine or settings.pad or min(height, width) < 2 * MIN_SHRUNK_SIDE:
         return 1
     methods = params.methods[index] if params is not None else (settings.inter_method,) * 3
     if settings.resize:
@@ -247,7 +249,7 @@ def dct_shrink(height: int, width: int, params: AugmentParams | None, index: int
             return 1
         new_size, old_size = out_size, tuple(window[2:])
         method = pick_method(methods[2], old_size, out_size)
-    if method == NEAREST:
+    if method in (NEAREST, AREA):  # they pick whole source pixels: on a halved grid, other ones
         return 1
     for shrink in sorted(DCT_SHRINKS, reverse=True):
         if old_size[0] >= shrink * new_size[0] and old_size[1] >= shrink * new_size[1]:
