@@ -17,7 +17,7 @@ DCT scaling (`dct_shrink`, `place_encoded`). The window is still drawn on the fu
 MXNet draws it, and mapped onto the smaller one exactly: full-size coordinates divided by the
 shrink, fractions kept (no rounding), the filter then resampling from there. Not bit-identical to
 decoding at full size and resizing (the DCT's reduced IDCT averages where the filter weighs); on
-the bench's photos the difference is small (tests/test_augment.py states the bound).
+the bench's photos the difference is small (tests/test_dct_scaling.py states the bound).
 
 Randomness is drawn up front for a whole batch (`draw`) from a numpy Generator, so the result
 depends only on the generator's seed, never on how a batch is split between threads. The
