@@ -239,6 +239,8 @@ def dct_shrink(height: int, width: int, params: AugmentParams | None, index: int
         new_size = shorter_side_shape(height, width, settings.resize)
         old_size, method = (height, width), pick_method(methods[0], (height, width), new_size)
     else:
+        if height < 2 * out_size[0] or width < 2 * out_size[1]:  # no window in it can shrink 2x: no draws read
+            return 1
         window = None
         if settings.rrc:
             window = rrc_window(height, width, params, index)
