@@ -382,8 +382,8 @@ def median_ratios(rounds: list[dict], reference: list[dict]) -> tuple[float, flo
 
 
 def print_tables(args, rounds: dict[tuple[str, str], list[dict]], dataset: str, load: list[tuple]) -> None:
-    print(f"\n{dataset}; batch {args.batch_size}, {args.threads} threads, float32 NCHW 224x224 normalized out, "
-          f"shuffled, {args.epochs} epochs (steady: 2-{args.epochs}), {args.rounds} interleaved round(s); "
+    print(f"\n{dataset}; batch {args.batch_size}, {args.threads} threads,\nfloat32 NCHW 224x224 normalized out, "
+          f"shuffled, {args.epochs} epochs (steady: 2-{args.epochs}), {args.rounds} interleaved round(s);\n"
           f"load average (1, 5, 15 min) before {load[0][0]:.2f} {load[0][1]:.2f} {load[0][2]:.2f}, "
           f"after {load[1][0]:.2f} {load[1][1]:.2f} {load[1][2]:.2f}")
     notes = []
