@@ -371,14 +371,10 @@ def steady(result: dict) -> tuple[float, float] | None:
     return samples / sum(epoch[0] for epoch in rest), samples / sum(epoch[2] for epoch in rest)
 
 
-def median_ratios(rounds: list[dict], reference: list[dict]) -> tuple[float, float] | None:
-    """Medians over rounds of this peer's steady figures divided by the reference's in the same round."""
+def round_ratios(rounds: list[dict], reference: list[dict]) -> list[tuple[float, float]]:
+    """Per round, this peer's steady (samples/s, samples/CPU-s) divided by the reference's in that round."""
     pairs = [(steady(mine), steady(theirs)) for mine, theirs in zip(rounds, reference)]
-    pairs = [(mine, theirs) for mine, theirs in pairs if mine and theirs]
-    if not pairs:
-        return None
-    return (statistics.median(mine[0] / theirs[0] for mine, theirs in pairs),
-            statistics.median(mine[1] / theirs[1] for mine, theirs in pairs))
+    return [(mine[0] / theirs[0], mine[1] / theirs[1]) for mine, theirs in pairs if mine and theirs]
 
 
 def print_tables(args, rounds: dict[tuple[str, str], list[dict]], dataset: str, load: list[tuple]) -> None:
@@ -386,7 +382,7 @@ def print_tables(args, rounds: dict[tuple[str, str], list[dict]], dataset: str, 
           f"shuffled, {args.epochs} epochs (steady: 2-{args.epochs}), {args.rounds} interleaved round(s);\n"
           f"load average (1, 5, 15 min) before {load[0][0]:.2f} {load[0][1]:.2f} {load[0][2]:.2f}, "
           f"after {load[1][0]:.2f} {load[1][1]:.2f} {load[1][2]:.2f}")
-    notes = []
+    notes, rounds_text = [], []
     for workload in args.workloads:
         print(f"\n{WORKLOADS[workload]}")
         header = (f"{'peer':<22} {'version':<20} {'samples/s':>10} {'samples/CPU-s':>14} {'vs DALI':>8} "
@@ -402,11 +398,19 @@ def print_tables(args, rounds: dict[tuple[str, str], list[dict]], dataset: str, 
                 print(f"{PEERS[peer]:<22} {status:<20}")
                 notes.append(f"{peer}: {status}: {results[0].get('skipped') or results[0].get('failed')}")
                 continue
-            ratios = median_ratios(results, reference)
-            ratio_text = (f"{ratios[0]:>7.2f}x {ratios[1]:>17.2f}x" if ratios else f"{'-':>8} {'-':>18}")
+            ratios = round_ratios(results, reference)
+            ratio_text = f"{'-':>8} {'-':>18}"
+            if ratios:
+                ratio_text = (f"{statistics.median(r[0] for r in ratios):>7.2f}x "
+                              f"{statistics.median(r[1] for r in ratios):>17.2f}x")
             print(f"{PEERS[peer]:<22} {results[0]['version']:<20} {statistics.median(f[0] for f in timed):>10,.0f} "
                   f"{statistics.median(f[1] for f in timed):>14,.0f} {ratio_text}")
-    print("\nsamples/s and samples/CPU-s: medians over the rounds; vs DALI: medians of the per-round ratios")
+            if ratios and peer != "dali":
+                rounds_text.append(f"  {workload} {peer}: " + ", ".join(f"{a:.2f}x/{b:.2f}x" for a, b in ratios))
+    print("\nsamples/s and samples/CPU-s: medians over the rounds; vs DALI: medians of the per-round ratios;"
+          "\nper round, vs DALI in samples/s / per CPU-s:")
+    for line in rounds_text:
+        print(line)
     for note in dict.fromkeys(notes):
         print(note)
 
@@ -467,6 +471,9 @@ def main(argv: list[str] | None = None) -> None:
                 if peer == "ceiling":
                     rounds[(workload, peer)].append(ceiling[-1])
     load.append(os.getloadavg())
+    results_path = args.data_dir / "natural-io-results.json"
+    results_path.write_text(json.dumps({f"{workload} {peer}": results for (workload, peer), results in rounds.items()}))
+    print(f"every round's epochs (seconds, samples, CPU seconds): {results_path}", file=sys.stderr)
     print_tables(args, rounds, dataset, load)
 
 
