@@ -105,25 +105,25 @@ def dataset_paths(data_dir: Path, records: int) -> tuple[Path, Path]:
 # They import only what their peer needs: the DALI and MXNet venvs have neither flow nor torch.
 
 
-def time_epochs(make_loader, run_epoch, epochs: int) -> list[tuple[float, int]]:
-    """(seconds, samples) of each epoch; building the loader is part of epoch 1."""
+def time_epochs(make_loader, run_epoch, epochs: int) -> list[tuple[float, int, float]]:
+    """(seconds, samples, process CPU seconds, all threads) of each epoch; building the loader is part of epoch 1."""
     timings = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     loader = make_loader()
     for _ in range(epochs):
         samples = run_epoch(loader)
-        end = time.perf_counter()
-        timings.append((end - start, samples))
-        start = end
+        end, cpu_end = time.perf_counter(), time.process_time()
+        timings.append((end - start, samples, cpu_end - cpu_start))
+        start, cpu_start = end, cpu_end
     return timings
 
 
-def check_batch(batch, batch_size: int) -> int:
+def check_batch(batch, batch_size: int, image_shape: tuple[int, int, int] = IMAGE_SHAPE) -> int:
     """The rows of a batch, after checking it is the agreed float32 NCHW output."""
-    if str(batch.dtype) not in ("float32", "torch.float32") or tuple(batch.shape[1:]) != IMAGE_SHAPE \
+    if str(batch.dtype) not in ("float32", "torch.float32") or tuple(batch.shape[1:]) != image_shape \
             or not 0 < batch.shape[0] <= batch_size:
         raise RuntimeError(f"batch is {batch.dtype} {tuple(batch.shape)}, expected float32 (<={batch_size}, "
-                           f"{', '.join(map(str, IMAGE_SHAPE))})")
+                           f"{', '.join(map(str, image_shape))})")
     return batch.shape[0]
 
 
@@ -374,11 +374,12 @@ def measure(args, peer: str, rec_path: Path) -> dict:
         return {"failed": str(error)}
 
 
-def rates(epochs: list[tuple[float, int]]) -> tuple[float, float | None]:
-    """Epoch-1 samples/s and steady samples/s (epochs 2..N together; None with one epoch)."""
-    first_seconds, first_samples = epochs[0]
+def rates(epochs: list[tuple]) -> tuple[float, float | None]:
+    """Epoch-1 samples/s and steady samples/s (epochs 2..N together; None with one epoch), from
+    (seconds, samples, ...) per epoch."""
+    first_seconds, first_samples = epochs[0][:2]
     rest = epochs[1:]
-    steady = sum(samples for _, samples in rest) / sum(seconds for seconds, _ in rest) if rest else None
+    steady = sum(epoch[1] for epoch in rest) / sum(epoch[0] for epoch in rest) if rest else None
     return first_samples / first_seconds, steady
 
 

@@ -14,6 +14,11 @@
  * rounded to uint8 then a vertical one; 0 (nearest) is Pillow's affine nearest-neighbour scaling.
  * So the output equals Pillow's `Image.fromarray(src[crop]).resize(size)` cropped at `origin` to the
  * bit (tests/test_resample.py), which is what flow did before. The GIL is released while it runs.
+ *
+ * An optional `box` = (y0, x0, y1, x1), in pixels of the crop and possibly fractional, is the part of
+ * the crop that is resized to `size` (as Pillow's resize(box=...)), its filter still reading only the
+ * crop's pixels: so a window drawn on the full-size image maps exactly onto an image decoded at 1/2
+ * or 1/4 of its size (libjpeg-turbo's DCT scaling), whose pixel i covers full-size pixels 2i, 2i+1.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -68,9 +73,10 @@ static void free_axis(axis_coefficients *axis) {
     free(axis->weights);
 }
 
-static int axis_coefficients_for(axis_coefficients *axis, int in_size, int out_size, int first, int count,
-                                 filter_function filter, double filter_support) {
-    double scale = (double)in_size / out_size, filterscale = scale < 1.0 ? 1.0 : scale;
+/* The source span [in0, in0 + in_span) of `in_size` pixels is what is resized to out_size. */
+static int axis_coefficients_for(axis_coefficients *axis, int in_size, double in0, double in_span, int out_size,
+                                 int first, int count, filter_function filter, double filter_support) {
+    double scale = in_span / out_size, filterscale = scale < 1.0 ? 1.0 : scale;
     double support = filter_support * filterscale;
     int ksize = (int)ceil(support) * 2 + 1;
     axis->ksize = ksize;
@@ -84,7 +90,7 @@ static int axis_coefficients_for(axis_coefficients *axis, int in_size, int out_s
         return -1;
     }
     for (int i = 0; i < count; i++) {
-        double center = (first + i + 0.5) * scale, total = 0.0, step = 1.0 / filterscale;
+        double center = in0 + (first + i + 0.5) * scale, total = 0.0, step = 1.0 / filterscale;
         int low = (int)(center - support + 0.5), high = (int)(center + support + 0.5);
         if (low < 0)
             low = 0;
@@ -135,26 +141,43 @@ static void horizontal_pass(const uint8_t *src, Py_ssize_t src_stride, uint8_t *
     }
 }
 
-/* Output row y of `rows` from rows start[y]..start[y]+length[y] of `src` (relative to `src`). */
+/* Output row y of `rows` from rows start[y]..start[y]+length[y] of `src` (relative to `src`), a
+ * source row at a time into `sums` (row_bytes int32s): the inner loop runs along a row, which the
+ * compiler vectorizes (integer sums: the same result as a pixel at a time, ~3x faster). */
 static void vertical_pass(const uint8_t *src, Py_ssize_t src_stride, uint8_t *dst, Py_ssize_t dst_stride,
-                          int count, Py_ssize_t row_bytes, const axis_coefficients *rows, int row_offset) {
+                          int count, Py_ssize_t row_bytes, const axis_coefficients *rows, int row_offset,
+                          int32_t *sums) {
     for (int y = 0; y < count; y++) {
         const int32_t *k = rows->weights + (size_t)y * rows->ksize;
         const uint8_t *first = src + (Py_ssize_t)(rows->start[y] - row_offset) * src_stride;
         uint8_t *out = dst + y * dst_stride;
-        for (Py_ssize_t x = 0; x < row_bytes; x++) {
-            int32_t sum = 1 << (PRECISION_BITS - 1);
-            const uint8_t *pixel = first + x;
-            for (int i = 0; i < rows->length[y]; i++, pixel += src_stride)
-                sum += *pixel * k[i];
-            out[x] = clip8(sum);
+        for (Py_ssize_t x = 0; x < row_bytes; x++)
+            sums[x] = 1 << (PRECISION_BITS - 1);
+        for (int i = 0; i < rows->length[y]; i++) {
+            const uint8_t *row = first + i * src_stride;
+            const int32_t weight = k[i];
+            for (Py_ssize_t x = 0; x < row_bytes; x++)
+                sums[x] += row[x] * weight;
         }
+        for (Py_ssize_t x = 0; x < row_bytes; x++)
+            out[x] = clip8(sums[x]);
     }
 }
 
-/* Pillow's ImagingScaleAffine: source index floor(a0 * (x + 0.5)) accumulated in double. */
-static void nearest_indices(int *indices, int in_size, int out_size, int first, int count) {
-    double step = (double)in_size / out_size, position = step * 0.5;
+static int vertical_pass_with_sums(const uint8_t *src, Py_ssize_t src_stride, uint8_t *dst, Py_ssize_t dst_stride,
+                                   int count, Py_ssize_t row_bytes, const axis_coefficients *rows, int row_offset) {
+    int32_t *sums = malloc(sizeof(int32_t) * (size_t)row_bytes);
+    if (sums == NULL)
+        return -1;
+    vertical_pass(src, src_stride, dst, dst_stride, count, row_bytes, rows, row_offset, sums);
+    free(sums);
+    return 0;
+}
+
+/* Pillow's ImagingScaleAffine: source index floor(in0 + a0 * (x + 0.5)) accumulated in double. */
+static void nearest_indices(int *indices, int in_size, double in0, double in_span, int out_size, int first,
+                            int count) {
+    double step = in_span / out_size, position = in0 + step * 0.5;
     for (int i = 0; i < first; i++)
         position += step;
     for (int i = 0; i < count; i++, position += step) {
@@ -167,6 +190,7 @@ typedef struct {
     const uint8_t *src;  /* the crop's top-left pixel */
     Py_ssize_t src_stride;
     int crop_height, crop_width, height, width, top, left, out_height, out_width, method;
+    double box_top, box_left, box_height, box_width;  /* the part of the crop resized, in crop pixels */
     uint8_t *out;
 } job;
 
@@ -177,8 +201,8 @@ static int run_nearest(const job *j) {
         free(columns);
         return -1;
     }
-    nearest_indices(rows, j->crop_height, j->height, j->top, j->out_height);
-    nearest_indices(columns, j->crop_width, j->width, j->left, j->out_width);
+    nearest_indices(rows, j->crop_height, j->box_top, j->box_height, j->height, j->top, j->out_height);
+    nearest_indices(columns, j->crop_width, j->box_left, j->box_width, j->width, j->left, j->out_width);
     for (int y = 0; y < j->out_height; y++) {
         const uint8_t *row = j->src + rows[y] * j->src_stride;
         uint8_t *out = j->out + (Py_ssize_t)y * j->out_width * 3;
@@ -193,14 +217,16 @@ static int run_nearest(const job *j) {
 static int run_filter(const job *j) {
     static const filter_function filters[] = {NULL, bilinear_filter, bicubic_filter, box_filter, lanczos_filter};
     static const double supports[] = {0.0, 1.0, 2.0, 0.5, 3.0};
-    const int horizontal = j->width != j->crop_width, vertical = j->height != j->crop_height;
+    /* An axis is used as it is only when the resize keeps its pixels where they are. */
+    const int horizontal = j->width != j->box_width || j->box_left != 0.0 || j->box_width != j->crop_width;
+    const int vertical = j->height != j->box_height || j->box_top != 0.0 || j->box_height != j->crop_height;
     const Py_ssize_t out_stride = (Py_ssize_t)j->out_width * 3;
     axis_coefficients columns = {0}, rows = {0};
-    if (horizontal && axis_coefficients_for(&columns, j->crop_width, j->width, j->left, j->out_width,
-                                            filters[j->method], supports[j->method]) < 0)
+    if (horizontal && axis_coefficients_for(&columns, j->crop_width, j->box_left, j->box_width, j->width, j->left,
+                                            j->out_width, filters[j->method], supports[j->method]) < 0)
         return -1;
-    if (vertical && axis_coefficients_for(&rows, j->crop_height, j->height, j->top, j->out_height,
-                                          filters[j->method], supports[j->method]) < 0) {
+    if (vertical && axis_coefficients_for(&rows, j->crop_height, j->box_top, j->box_height, j->height, j->top,
+                                          j->out_height, filters[j->method], supports[j->method]) < 0) {
         free_axis(&columns);
         return -1;
     }
@@ -214,8 +240,8 @@ static int run_filter(const job *j) {
     if (!horizontal) {  /* columns used as they are */
         const uint8_t *window = j->src + (Py_ssize_t)j->left * 3;
         if (vertical)
-            vertical_pass(window + first_row * j->src_stride, j->src_stride, j->out, out_stride, j->out_height,
-                          out_stride, &rows, first_row);
+            status = vertical_pass_with_sums(window + first_row * j->src_stride, j->src_stride, j->out, out_stride,
+                                             j->out_height, out_stride, &rows, first_row);
         else
             for (int y = 0; y < j->out_height; y++)
                 memcpy(j->out + y * out_stride, window + (Py_ssize_t)(j->top + y) * j->src_stride, out_stride);
@@ -229,7 +255,8 @@ static int run_filter(const job *j) {
         } else {
             horizontal_pass(j->src + (Py_ssize_t)first_row * j->src_stride, j->src_stride, between, out_stride,
                             last_row - first_row, j->out_width, &columns);
-            vertical_pass(between, out_stride, j->out, out_stride, j->out_height, out_stride, &rows, first_row);
+            status = vertical_pass_with_sums(between, out_stride, j->out, out_stride, j->out_height, out_stride, &rows,
+                                             first_row);
             free(between);
         }
     }
@@ -252,11 +279,20 @@ static int get_rgb(PyObject *object, Py_buffer *view, int flags, const char *nam
 static PyObject *resample(PyObject *module, PyObject *args) {
     PyObject *src_object, *out_object;
     int crop_top, crop_left, top;
+    double box_bottom = -1.0, box_right = -1.0;
     job j;
-    if (!PyArg_ParseTuple(args, "OO(iiii)(ii)(ii)i:resample", &src_object, &out_object, &crop_top, &crop_left,
-                          &j.crop_height, &j.crop_width, &j.height, &j.width, &top, &j.left, &j.method))
+    j.box_top = j.box_left = 0.0;
+    if (!PyArg_ParseTuple(args, "OO(iiii)(ii)(ii)i|(dddd):resample", &src_object, &out_object, &crop_top, &crop_left,
+                          &j.crop_height, &j.crop_width, &j.height, &j.width, &top, &j.left, &j.method, &j.box_top,
+                          &j.box_left, &box_bottom, &box_right))
         return NULL;
     j.top = top;
+    if (box_bottom < 0.0) {  /* no box: the whole crop */
+        box_bottom = j.crop_height;
+        box_right = j.crop_width;
+    }
+    j.box_height = box_bottom - j.box_top;
+    j.box_width = box_right - j.box_left;
     Py_buffer src, out;
     if (get_rgb(src_object, &src, PyBUF_SIMPLE, "src") < 0)
         return NULL;
@@ -273,6 +309,10 @@ static PyObject *resample(PyObject *module, PyObject *args) {
                crop_top + j.crop_height > src.shape[0] || crop_left + j.crop_width > src.shape[1]) {
         PyErr_Format(PyExc_ValueError, "crop (%d, %d, %d, %d) is not inside the %zdx%zd image", crop_top, crop_left,
                      j.crop_height, j.crop_width, src.shape[0], src.shape[1]);
+    } else if (!(j.box_top >= 0.0 && j.box_left >= 0.0 && j.box_height > 0.0 && j.box_width > 0.0 &&
+                 box_bottom <= j.crop_height && box_right <= j.crop_width)) {
+        PyErr_Format(PyExc_ValueError, "box (%R) is not inside the %dx%d crop", PyTuple_GetItem(args, 6),
+                     j.crop_height, j.crop_width);
     } else if (j.top < 0 || j.left < 0 || j.out_height < 1 || j.out_width < 1 ||
                j.top + j.out_height > j.height || j.left + j.out_width > j.width) {
         PyErr_Format(PyExc_ValueError, "out (%d x %d at %d, %d) is not inside the resized %dx%d image",
@@ -297,10 +337,10 @@ static PyObject *resample(PyObject *module, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"resample", resample, METH_VARARGS,
-     "resample(src, out, crop, size, origin, method): resizes the (top, left, height, width) `crop` of the\n"
-     "uint8 (H, W, 3) `src` to `size` (height, width) and writes the part at `origin` (top, left) the size of\n"
-     "`out` into `out`, with Pillow's arithmetic; method 0 nearest, 1 bilinear, 2 bicubic, 3 area (box),\n"
-     "4 lanczos. GIL released."},
+     "resample(src, out, crop, size, origin, method[, box]): resizes the (top, left, height, width) `crop`\n"
+     "of the uint8 (H, W, 3) `src` (or only its `box` (y0, x0, y1, x1), floats in crop pixels) to `size`\n"
+     "(height, width) and writes the part at `origin` (top, left) the size of `out` into `out`, with\n"
+     "Pillow's arithmetic; method 0 nearest, 1 bilinear, 2 bicubic, 3 area (box), 4 lanczos. GIL released."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -11,6 +11,14 @@ HSL jitter, PCA lighting noise, mirror, and the mean/std normalization to float3
 Resizing and cropping go through flow/_resample.c: Pillow's resampling arithmetic, computing only
 the pixels the crop keeps (`inter_method` picks the filter, as MXNet's numbers do).
 
+Decoding less (`dct_scaling`, on by default): when the first resize or the crop window shrinks a
+JPEG by at least 2 or 4 on both axes, it is decoded at 1/2 or 1/4 of its size by libjpeg-turbo's
+DCT scaling (`dct_shrink`, `place_encoded`). The window is still drawn on the full-size image, as
+MXNet draws it, and mapped onto the smaller one exactly: full-size coordinates divided by the
+shrink, fractions kept (no rounding), the filter then resampling from there. Not bit-identical to
+decoding at full size and resizing (the DCT's reduced IDCT averages where the filter weighs); on
+the bench's photos the difference is small (tests/test_dct_scaling.py states the bound).
+
 Randomness is drawn up front for a whole batch (`draw`) from a numpy Generator, so the result
 depends only on the generator's seed, never on how a batch is split between threads. The
 geometric steps work per image (their input sizes differ); colour works on a whole slice with
@@ -26,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from flow.errors import ImageError
+from flow.image import DCT_SHRINKS, MIN_SHRUNK_SIDE, decode, decode_size, is_jpeg
 
 try:
     from flow import _pixels, _resample
@@ -75,6 +84,7 @@ class AugmentSettings:
     saturation: float = 0.0
     pca_noise: float = 0.0  # standard deviation of AlexNet-style PCA lighting noise
     inter_method: int = BILINEAR  # MXNet's numbers: 0 nearest, 1 bilinear, 2 cubic, 3 area, 4 lanczos, 9 auto, 10 random
+    dct_scaling: bool = True  # decode a JPEG at 1/2 or 1/4 size when the geometry then shrinks it that much
 
     @property
     def aspect_range(self) -> tuple[float, float]:
@@ -201,19 +211,68 @@ def _hls_limits(settings: AugmentSettings) -> np.ndarray:
 # --------------------------------------------------------------------------- per image: geometry
 
 
+def place_encoded(data: bytes, params: AugmentParams | None, index: int, settings: AugmentSettings,
+                  out: np.ndarray, max_pixels: int) -> None:
+    """Decodes one encoded image and places it into `out` (see `place`), a JPEG at the DCT scale
+    `dct_shrink` allows."""
+    shrink, size = 1, None
+    if settings.dct_scaling and is_jpeg(data):
+        size = decode_size(data)  # a header read (~5 us; a photo's decode takes ~1 ms)
+        shrink = dct_shrink(*size, params, index, settings, out.shape[:2])
+    image = decode(data, max_pixels=max_pixels, shrink=shrink)  # refuses an image over max_pixels
+    place(image, params, index, settings, out, size if shrink != 1 else None, shrink)
+
+
+def dct_shrink(height: int, width: int, params: AugmentParams | None, index: int, settings: AugmentSettings,
+               out_size: tuple[int, int]) -> int:
+    """4, 2 or 1: how much smaller a height x width JPEG may be decoded, because what reads its pixels
+    first (the shorter-side resize, else the random_resized_crop or crop-size window resized to the
+    output) shrinks it at least that much on both axes. 1 when dct_scaling is off, when a warp or pad
+    reads them first, for the nearest and area (Pillow's box) filters, which take whole source
+    pixels, so that on a halved grid they take others (area: mean abs difference ~3 levels, up to
+    141, on the bench's photos), for MXNet's fallback crop, and for sides under 16 px. A function of
+    the size and the draws only: deterministic by seed."""
+    if not settings.dct_scaling or settings.affine or settings.pad or min(height, width) < 2 * MIN_SHRUNK_SIDE:
+        return 1
+    methods = params.methods[index] if params is not None else (settings.inter_method,) * 3
+    if settings.resize:
+        new_size = shorter_side_shape(height, width, settings.resize)
+        old_size, method = (height, width), pick_method(methods[0], (height, width), new_size)
+    else:
+        if height < 2 * out_size[0] or width < 2 * out_size[1]:  # no window in it can shrink 2x: no draws read
+            return 1
+        window = None
+        if settings.rrc:
+            window = rrc_window(height, width, params, index)
+        elif settings.crop_size and params.crop_size[index] <= min(height, width):
+            window = crop_size_window(height, width, int(params.crop_size[index]), settings.rand_crop,
+                                      float(params.crop_y[index]), float(params.crop_x[index]))
+        if window is None:
+            return 1
+        new_size, old_size = out_size, tuple(window[2:])
+        method = pick_method(methods[2], old_size, out_size)
+    if method in (NEAREST, AREA):  # they pick whole source pixels: on a halved grid, other ones
+        return 1
+    for shrink in sorted(DCT_SHRINKS, reverse=True):
+        if old_size[0] >= shrink * new_size[0] and old_size[1] >= shrink * new_size[1]:
+            return shrink
+    return 1
+
+
 def place(image: np.ndarray, params: AugmentParams | None, index: int, settings: AugmentSettings,
-          out: np.ndarray) -> None:
+          out: np.ndarray, size: tuple[int, int] | None = None, shrink: int = 1) -> None:
     """Resize, warp, pad and crop one RGB image (HxWx3 uint8) into `out` (the output size).
 
     `params` may be None when the settings draw nothing (`settings.random` is false). A resize
     stays lazy (a `Resized` view) until a warp or pad needs its pixels, so that resize + crop
-    computes only the crop's pixels.
+    computes only the crop's pixels. `image` may be a JPEG decoded at 1/`shrink` of its `size`
+    (height, width): every step still works in full-size pixels, as `dct_shrink` allowed.
     """
     methods = params.methods[index] if params is not None else (settings.inter_method,) * 3
-    view = Resized.whole(image)
+    view = Resized.whole(image, size, shrink)
     if settings.resize:
-        height, width = shorter_side_shape(image.shape[0], image.shape[1], settings.resize)
-        view = view.resized(height, width, pick_method(methods[0], image.shape[:2], (height, width)))
+        height, width = shorter_side_shape(view.height, view.width, settings.resize)
+        view = view.resized(height, width, pick_method(methods[0], (view.height, view.width), (height, width)))
     if settings.affine:
         view = Resized.whole(warp(view.pixels(), float(params.shear[index]), int(params.angle[index]),
                                   float(params.scale[index]), float(params.ratio[index]), settings.fill_value,
@@ -245,14 +304,19 @@ def place(image: np.ndarray, params: AugmentParams | None, index: int, settings:
 
 class Resized:
     """The window `crop` = (top, left, height, width) of `image` resized to (height, width) with
-    `method`, not yet computed: a window of it is resampled straight from `image`."""
+    `method`, not yet computed: a window of it is resampled straight from `image`. `crop` is in
+    pixels of the full-size image, of which `image` may be a 1/`shrink` scale decode."""
 
-    def __init__(self, image: np.ndarray, crop: tuple[int, int, int, int], height: int, width: int, method: int):
+    def __init__(self, image: np.ndarray, crop: tuple[int, int, int, int], height: int, width: int, method: int,
+                 shrink: int = 1):
         self.image, self.crop, self.height, self.width, self.method = image, crop, height, width, method
+        self.shrink = shrink
 
     @classmethod
-    def whole(cls, image: np.ndarray) -> Resized:
-        return cls(image, (0, 0, image.shape[0], image.shape[1]), image.shape[0], image.shape[1], BILINEAR)
+    def whole(cls, image: np.ndarray, size: tuple[int, int] | None = None, shrink: int = 1) -> Resized:
+        """All of `image`, or of the `size` image that `image` is a 1/`shrink` decode of."""
+        height, width = size or image.shape[:2]
+        return cls(image, (0, 0, height, width), height, width, BILINEAR, shrink)
 
     @property
     def identity(self) -> bool:
@@ -260,10 +324,10 @@ class Resized:
 
     def resized(self, height: int, width: int, method: int) -> Resized:
         """This view resized (only from a view that is its image as is: MXNet resizes once before a crop)."""
-        return Resized(self.image, self.crop, height, width, method)
+        return Resized(self.image, self.crop, height, width, method, self.shrink)
 
     def pixels(self) -> np.ndarray:
-        if self.identity:
+        if self.identity and self.shrink == 1:
             top, left, height, width = self.crop
             return self.image[top:top + height, left:left + width]
         out = np.empty((self.height, self.width, 3), dtype=np.uint8)
@@ -273,16 +337,31 @@ class Resized:
     def window_into(self, top: int, left: int, height: int, width: int, out: np.ndarray, method: int) -> None:
         """The (top, left, height, width) window of this view, resized with `method` to `out`'s size."""
         out_size = out.shape[:2]
-        image = np.ascontiguousarray(self.image)
         if self.identity:  # one pass: the window read from the image, resized to out
             crop_top, crop_left = self.crop[:2]
-            _resample.resample(image, out, (crop_top + top, crop_left + left, height, width), out_size, (0, 0), method)
+            self.resample(out, (crop_top + top, crop_left + left, height, width), out_size, (0, 0), method)
         elif (height, width) == out_size:  # one pass: the part of the resized image that the window keeps
-            _resample.resample(image, out, self.crop, (self.height, self.width), (top, left), self.method)
+            self.resample(out, self.crop, (self.height, self.width), (top, left), self.method)
         else:  # resize, then resize the window: two resamplings, as MXNet does them
             window = np.empty((height, width, 3), dtype=np.uint8)
-            _resample.resample(image, window, self.crop, (self.height, self.width), (top, left), self.method)
+            self.resample(window, self.crop, (self.height, self.width), (top, left), self.method)
             _resample.resample(window, out, (0, 0, height, width), out_size, (0, 0), method)
+
+    def resample(self, out: np.ndarray, crop: tuple[int, int, int, int], size: tuple[int, int],
+                 origin: tuple[int, int], method: int) -> None:
+        """_resample.resample from `image`, `crop` in full-size pixels: on a 1/shrink decode, the
+        whole smaller pixels that the crop touches, of which the crop divided by shrink is the part
+        resized (exact: shrink is a power of two)."""
+        image = np.ascontiguousarray(self.image)
+        if self.shrink == 1:
+            _resample.resample(image, out, crop, size, origin, method)
+            return
+        top, left, height, width = crop
+        y0, x0, y1, x1 = top / self.shrink, left / self.shrink, (top + height) / self.shrink, (left + width) / self.shrink
+        first_row, first_column = math.floor(y0), math.floor(x0)
+        touched = (first_row, first_column, math.ceil(y1) - first_row, math.ceil(x1) - first_column)
+        _resample.resample(image, out, touched, size, origin, method,
+                           (y0 - first_row, x0 - first_column, y1 - first_row, x1 - first_column))
 
 
 def pick_method(method: int, old: tuple[int, int], new: tuple[int, int]) -> int:

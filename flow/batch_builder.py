@@ -151,11 +151,13 @@ class BatchBuilder:
             encoded = memory[begin:end] if begin >= 0 else table.joined[position]
             slot = images[index]
             try:
-                image = decode(encoded, out=slot if direct else None, max_pixels=max_pixels,
-                               likely_fits=self.last_fitted)
+                if not direct:  # reshaped on its way: decoded at the DCT scale its geometry allows
+                    augment.place_encoded(encoded, params, index, options, slot, max_pixels)
+                    continue
+                image = decode(encoded, out=slot, max_pixels=max_pixels, likely_fits=self.last_fitted)
                 # Shared by the worker threads: a race costs at most one header read or one refusal.
                 self.last_fitted = image is slot
-                if image is not slot:  # another size than the output, or reshaped on its way
+                if image is not slot:  # another size than the output
                     augment.place(image, params, index, options, slot)
             except ImageError as error:
                 if not self.settings.skip_bad_records:

@@ -55,9 +55,10 @@ def loader_settings(data: DataConfig, split: str, seed: int, devices: tuple[str,
             min_random_area=data.min_random_area, max_random_area=data.max_random_area,
             min_crop_size=data.min_crop_size, max_crop_size=data.max_crop_size, max_img_size=data.max_img_size,
             min_img_size=data.min_img_size, brightness=data.brightness, contrast=data.contrast,
-            saturation=data.saturation, pca_noise=data.pca_noise, inter_method=data.inter_method)
-    else:
-        augmentation = AugmentSettings(resize=data.resize, fill_value=data.pad_value)  # data.py's val iterator
+            saturation=data.saturation, pca_noise=data.pca_noise, inter_method=data.inter_method,
+            dct_scaling=data.dct_scaling)
+    else:  # data.py's val iterator
+        augmentation = AugmentSettings(resize=data.resize, fill_value=data.pad_value, dct_scaling=data.dct_scaling)
     return LoaderSettings(
         path=path, index_path=data.data_train_idx if train else data.data_val_idx,
         data_shape=tuple(data.image_shape), batch_size=data.batch_size, nthreads=data.data_nthreads,

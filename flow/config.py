@@ -109,6 +109,8 @@ class DataConfig:
     pca_noise: float = knob(0.0, "a non-negative float", _non_negative)
     inter_method: int = knob(1, "0-4, 9 or 10 (nearest, bilinear, cubic, area, lanczos, auto, random)",
                              lambda v: v in (0, 1, 2, 3, 4, 9, 10))
+    # A JPEG that the resize or crop window then shrinks 2x or 4x is decoded at 1/2 or 1/4 size (DCT scaling).
+    dct_scaling: bool = knob(True)
 
     @staticmethod
     def implied(values: dict) -> dict:

@@ -21,15 +21,17 @@ PILLOW = {0: Image.Resampling.NEAREST, 1: Image.Resampling.BILINEAR, 2: Image.Re
           3: Image.Resampling.BOX, 4: Image.Resampling.LANCZOS}
 
 
-def coefficients(in_size, out_size, method):
-    """Pillow's precompute_coeffs + normalize_coeffs_8bpc: per output pixel, (first source index, weights)."""
+def coefficients(in_size, out_size, method, box=None):
+    """Pillow's precompute_coeffs + normalize_coeffs_8bpc: per output pixel, (first source index, weights);
+    `box` = (in0, in1), the source span resized (default: all of it)."""
     function, support = FILTERS[method]
-    scale = in_size / out_size
+    in0, in1 = box or (0.0, in_size)
+    scale = (in1 - in0) / out_size
     filterscale = max(scale, 1.0)
     support *= filterscale
     rows = []
     for out in range(out_size):
-        centre = (out + 0.5) * scale
+        centre = in0 + (out + 0.5) * scale
         low, high = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), in_size)
         weights = [function((x - centre + 0.5) / filterscale) for x in range(low, high)]
         total = sum(weights)
@@ -38,24 +40,27 @@ def coefficients(in_size, out_size, method):
     return rows
 
 
-def reference(image, height, width, method):
-    """Pillow's two passes on an HxWx3 image, horizontal first, each rounded to uint8."""
+def reference(image, height, width, method, box=None):
+    """Pillow's two passes on an HxWx3 image (its `box` (y0, x0, y1, x1) part), horizontal first, each
+    rounded to uint8."""
+    y0, x0, y1, x1 = box or (0, 0, *image.shape[:2])
     def one_axis(pixels, rows):
         out = np.empty((len(rows),) + pixels.shape[1:], np.uint8)
         for index, (low, weights) in enumerate(rows):
             total = sum(pixels[low + i].astype(np.int64) * w for i, w in enumerate(weights)) + (1 << (PRECISION_BITS - 1))
             out[index] = np.clip(total >> PRECISION_BITS, 0, 255)
         return out
-    if width != image.shape[1]:
-        image = one_axis(image.transpose(1, 0, 2), coefficients(image.shape[1], width, method)).transpose(1, 0, 2)
-    if height != image.shape[0]:
-        image = one_axis(image, coefficients(image.shape[0], height, method))
+    if (x0, x1) != (0, width) or width != image.shape[1]:
+        image = one_axis(image.transpose(1, 0, 2), coefficients(image.shape[1], width, method, (x0, x1))
+                         ).transpose(1, 0, 2)
+    if (y0, y1) != (0, height) or height != image.shape[0]:
+        image = one_axis(image, coefficients(image.shape[0], height, method, (y0, y1)))
     return image
 
 
-def resample(image, crop, size, origin, out_shape, method):
+def resample(image, crop, size, origin, out_shape, method, *box):
     out = np.empty((*out_shape, 3), np.uint8)
-    _resample.resample(image, out, crop, size, origin, method)
+    _resample.resample(image, out, crop, size, origin, method, *box)
     return out
 
 
@@ -104,6 +109,32 @@ def test_bilinear_within_one_level_of_pillow_whatever_its_pass_order():
             assert np.abs(ours - expected).max() <= 1
 
 
+@pytest.mark.parametrize("method", [1, 2, 3, 4])
+def test_a_fractional_box_of_the_crop_equals_the_reference_to_the_bit(method):
+    """The box is where a window drawn on a full-size image lands on its 1/2- or 1/4-scale decode:
+    resized from there, the filter reading only the crop's pixels."""
+    rng = np.random.default_rng(20 + method)
+    for _ in range(12):
+        image = rng.integers(0, 256, (int(rng.integers(4, 50)), int(rng.integers(4, 50)), 3), dtype=np.uint8)
+        top, left = int(rng.integers(0, image.shape[0] // 2)), int(rng.integers(0, image.shape[1] // 2))
+        crop = (top, left, image.shape[0] - top, image.shape[1] - left)
+        y0, y1 = sorted(rng.uniform(0, crop[2], 2))
+        x0, x1 = sorted(rng.uniform(0, crop[3], 2))
+        size = tuple(int(v) for v in rng.integers(1, 40, 2))
+        expected = reference(image[top:, left:], *size, method, (y0, x0, y1, x1))
+        assert np.array_equal(resample(image, crop, size, (0, 0), size, method, (y0, x0, y1, x1)), expected)
+
+
+@pytest.mark.parametrize("method", [0, 1, 2, 3, 4])
+def test_a_box_equals_pillows_resize_box_when_one_axis_changes(method):
+    rng = np.random.default_rng(30 + method)
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for size, box in (((37, 20), (0, 2.5, 37, 41.25)), ((12, 53), (3.5, 0, 30.75, 53))):
+        expected = np.asarray(Image.fromarray(image).resize(size[::-1], PILLOW[method], box=(box[1], box[0],
+                                                                                          box[3], box[2])))
+        assert np.array_equal(resample(image, (0, 0, 37, 53), size, (0, 0), size, method, box), expected)
+
+
 def test_refuses_windows_outside_and_unknown_methods():
     image = np.zeros((10, 10, 3), np.uint8)
     with pytest.raises(ValueError, match="not inside the 10x10 image"):
@@ -112,3 +143,5 @@ def test_refuses_windows_outside_and_unknown_methods():
         resample(image, (0, 0, 10, 10), (4, 4), (1, 0), (4, 4), 1)
     with pytest.raises(ValueError, match="method"):
         resample(image, (0, 0, 10, 10), (4, 4), (0, 0), (4, 4), 7)
+    with pytest.raises(ValueError, match="not inside the 5x10 crop"):
+        resample(image, (0, 0, 5, 10), (4, 4), (0, 0), (4, 4), 1, (0.5, 0, 5.5, 10))
