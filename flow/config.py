@@ -116,7 +116,8 @@ class DataConfig:
     def implied(values: dict) -> dict:
         """The augmentation knobs an `aug_level` turns on (data.py's set_data_aug_level)."""
         level = values.get("aug_level", 0)
-        steps = range(1, level + 1) if isinstance(level, int) else ()
+        # (a level past the last is refused by the knob's check after this: no loop up to it meanwhile)
+        steps = range(1, min(level, max(AUG_LEVELS)) + 1) if isinstance(level, int) else ()
         return {key: value for step in steps for key, value in AUG_LEVELS.get(step, {}).items()}
 
 

@@ -45,8 +45,8 @@ def test_loader_settings_imagenet_augmentation():
                                       pca_noise=0.1, inter_method=9, max_img_size=300.0, min_img_size=10.0)
     assert augment.rrc and augment.random and augment.reshapes
     full_decode = config_from_dict({"data": {"data_train": "/t.rec", "data_val": "/v.rec", "dct_scaling": False}}).data
-    assert not loader_settings(full_decode, "train", seed=0).augment.dct_scaling
-    assert not loader_settings(full_decode, "val", seed=0).augment.dct_scaling
+    assert not loader_settings(full_decode, "train", seed=0, devices=("cpu",)).augment.dct_scaling
+    assert not loader_settings(full_decode, "val", seed=0, devices=("cpu",)).augment.dct_scaling
 
 
 @pytest.mark.parametrize("devices, layout, expected", [

@@ -71,6 +71,11 @@ def test_overrides_win_over_the_file(tmp_path):
     assert parse_override("model.network=resnet") == ("model", "network", "resnet")
 
 
+def test_an_aug_level_past_the_last_is_refused_at_once():
+    with pytest.raises(ConfigError, match="data.aug_level"):
+        config_from_dict({"data": {"aug_level": 10**12}})  # not a loop up to it first
+
+
 def test_aug_level_fills_only_unset_knobs():
     config = config_from_dict({"data": {"aug_level": 3, "max_random_h": 10}})
     assert config.data.random_crop and config.data.random_mirror
