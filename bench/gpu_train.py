@@ -315,7 +315,6 @@ class RecordImageDataset:
 
 
 def run_dataloader(settings: dict) -> dict:
-    import torch
     from torch.utils.data import DataLoader
 
     from flow.recordio import read_index

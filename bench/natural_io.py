@@ -56,7 +56,6 @@ import statistics
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import arguments  # bench/arguments.py, beside this script
@@ -94,8 +93,6 @@ def dataset_paths(data_dir: Path, records: int) -> tuple[Path, Path]:
 
 
 def run_dali(args, rec_path: Path, idx_path: Path) -> dict:
-    import numpy as np
-    import nvidia.dali
     from nvidia.dali import fn, pipeline_def, types
 
     height, width = IMAGE_SHAPE[1:]
@@ -120,21 +117,7 @@ def run_dali(args, rec_path: Path, idx_path: Path) -> dict:
                                               mean=list(MEAN), std=list(STD))
         return images, labels
 
-    def build():
-        built = pipeline()
-        built.build()
-        return built
-
-    runs_per_epoch = math.ceil(args.records / args.batch_size)
-
-    def run_epoch(built) -> int:
-        samples = 0
-        for _ in range(runs_per_epoch):
-            images, _labels = built.run()
-            samples += test_io.check_batch(np.asarray(images.as_tensor()), args.batch_size, IMAGE_SHAPE)
-        return samples
-
-    return {"version": f"DALI {nvidia.dali.__version__}", "epochs": test_io.time_epochs(build, run_epoch, args.epochs)}
+    return test_io.time_dali(args, pipeline, IMAGE_SHAPE)
 
 
 def run_mxnet(args, rec_path: Path, idx_path: Path) -> dict:

@@ -128,8 +128,6 @@ def check_batch(batch, batch_size: int, image_shape: tuple[int, int, int] = IMAG
 
 
 def run_dali(args, rec_path: Path, idx_path: Path) -> dict:
-    import numpy as np
-    import nvidia.dali
     from nvidia.dali import fn, pipeline_def, types
 
     @pipeline_def(batch_size=args.batch_size, num_threads=args.threads, device_id=None, seed=SEED)
@@ -140,6 +138,15 @@ def run_dali(args, rec_path: Path, idx_path: Path) -> dict:
         images = fn.crop_mirror_normalize(images, device="cpu", dtype=types.FLOAT, output_layout="CHW",
                                           mean=list(MEAN), std=list(STD))
         return images, labels
+
+    return time_dali(args, pipeline, IMAGE_SHAPE)
+
+
+def time_dali(args, pipeline, image_shape: tuple[int, int, int]) -> dict:
+    """A DALI peer's result: `pipeline` (a pipeline_def of images and labels) built afresh, then
+    --epochs epochs of ceil(records / batch) runs, each batch checked."""
+    import numpy as np
+    import nvidia.dali
 
     def build():
         built = pipeline()
@@ -152,7 +159,7 @@ def run_dali(args, rec_path: Path, idx_path: Path) -> dict:
         samples = 0
         for _ in range(runs_per_epoch):
             images, _labels = built.run()
-            samples += check_batch(np.asarray(images.as_tensor()), args.batch_size)
+            samples += check_batch(np.asarray(images.as_tensor()), args.batch_size, image_shape)
         return samples
 
     return {"version": f"DALI {nvidia.dali.__version__}", "epochs": time_epochs(build, run_epoch, args.epochs)}

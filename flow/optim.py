@@ -81,7 +81,7 @@ def optimizer_problem(optimizer: str, nesterov: bool, lr_mult: Mapping, wd_mult:
     if optimizer not in OPTIMIZERS:
         return "optimizer", f"expected one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"
     if nesterov and optimizer != "torch_sgd":
-        return "nesterov", f"is torch_sgd's; MXNet's Nesterov momentum is train.optimizer = \"nag\""
+        return "nesterov", "is torch_sgd's; MXNet's Nesterov momentum is train.optimizer = \"nag\""
     for key, table in (("lr_mult", lr_mult), ("wd_mult", wd_mult)):
         if table and optimizer in TORCH_OPTIMIZERS:
             return key, f"is for MXNet's optimizers; {optimizer} applies torch's rules to every parameter"
