@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 from typing import AsyncIterable, Awaitable, Callable
 
 import torch
@@ -20,7 +19,8 @@ from flow.actors.loader import LoaderSettings
 from flow.actors.metrics import MetricSettings
 from flow.actors.param_server import ServerSettings
 from flow.augment import AugmentSettings
-from flow.config import CheckpointConfig, Config, DataConfig, LogConfig, TrainConfig, batch_layout, uses_cuda
+from flow.config import (CheckpointConfig, Config, DataConfig, LogConfig, TrainConfig, batch_bytes, batch_layout,
+                         uses_cuda)
 from flow.csv_log import log_csv
 from flow.errors import ConfigError
 from flow.events import ThreadsOversubscribed
@@ -151,11 +151,9 @@ def fit_settings(config: Config, *, server: bool, begin_epoch: int, begin_update
     """The fit loop's, where the run starts (`begin_*`, from the checkpoint it resumes) and what it trains;
     `server`: a parameter server updates the weights (several devices or processes)."""
     train, data = config.train, config.data
-    layout = batch_layout(data.layout, train.devices)
-    sample_bytes = math.prod(data.image_shape) * (1 if layout == "uint8_nhwc" else 4)
     return FitSettings(begin_epoch, train.num_epochs, train.devices, train.kv_store, config.checkpoint.period,
                        train.seed, begin_update, num_parameters, schedule, model_spec, batches_per_epoch,
-                       steps_in_flight(server, data.batch_size * sample_bytes), begin_batch, watch,
+                       steps_in_flight(server, batch_bytes(data, train.devices)), begin_batch, watch,
                        train.disp_batches)
 
 

@@ -329,17 +329,22 @@ def batch_layout(layout: str, devices: tuple[str, ...]) -> str:
     return "uint8_nhwc" if uses_cuda(devices) else "float32_nchw"
 
 
+def batch_bytes(data: DataConfig, devices: tuple[str, ...]) -> int:
+    """The bytes of one batch as the loader hands it (its layout settled by `devices`)."""
+    sample_bytes = 4 if batch_layout(data.layout, devices) == "float32_nchw" else 1
+    return data.batch_size * math.prod(data.image_shape) * sample_bytes
+
+
 def _check_batch_memory(data: DataConfig, devices: tuple[str, ...], source) -> None:
     """A batch larger than the machine's memory fails now, in one line, not as a MemoryError mid-start."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError):
         return  # the system does not say
-    sample_bytes = 4 if batch_layout(data.layout, devices) == "float32_nchw" else 1
-    batch_bytes = data.batch_size * math.prod(data.image_shape) * sample_bytes
-    if batch_bytes > memory:
+    size = batch_bytes(data, devices)
+    if size > memory:
         raise ConfigError(f"data.batch_size: a batch of {data.batch_size} images of {data.image_shape} is "
-                          f"{batch_bytes / 2**30:.3g} GiB, more than this machine's memory "
+                          f"{size / 2**30:.3g} GiB, more than this machine's memory "
                           f"({memory / 2**30:.3g} GiB)", source)
 
 

@@ -201,11 +201,11 @@ class _Loop:
             self.unloaded_weights = [updated.weights] * self.num_devices
             skipped = updated.skipped  # another process's loss, too
         self.skipped_updates += skipped
-        # The step's end as the devices saw it (steps queued ahead finish in bursts, long before the loop
-        # collects them); a server's update is part of the step.
-        finished = time.perf_counter() if self.channels.server_requests is not None else max(
-            result.finished for result in results)
         if step.told:  # (the steps between carry nothing the metric actor reads: one hand-off a step saved)
+            # The step's end as the devices saw it (steps queued ahead finish in bursts, long before the loop
+            # collects them); a server's update is part of the step.
+            finished = time.perf_counter() if self.channels.server_requests is not None else max(
+                result.finished for result in results)
             split = "val" if step.num_update is None else "train"
             await hand_off.send(self.channels.outputs, StepStatistics(
                 split, step.epoch, step.index, in_update_order(results), finished, step.lr))
