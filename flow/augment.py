@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from flow.errors import ImageError
-from flow.image import DCT_SHRINKS, MIN_SHRUNK_SIDE, decode, decode_size, is_jpeg
+from flow.image import (DCT_SHRINKS, MIN_SHRUNK_SIDE, WINDOW_DECODING, check_pixels, decode, decode_size,
+                        decode_window, is_jpeg)
 
 try:
     from flow import _pixels, _resample
@@ -213,25 +214,55 @@ def _hls_limits(settings: AugmentSettings) -> np.ndarray:
 
 def place_encoded(data: bytes, params: AugmentParams | None, index: int, settings: AugmentSettings,
                   out: np.ndarray, max_pixels: int) -> None:
-    """Decodes one encoded image and places it into `out` (see `place`), a JPEG at the DCT scale
-    `dct_shrink` allows."""
-    shrink, size = 1, None
-    if settings.dct_scaling and is_jpeg(data):
-        size = decode_size(data)  # a header read (~5 us; a photo's decode takes ~1 ms)
-        shrink = dct_shrink(*size, params, index, settings, out.shape[:2])
-    image = decode(data, max_pixels=max_pixels, shrink=shrink)  # refuses an image over max_pixels
+    """Decodes one encoded image and places it into `out` (see `place`): a JPEG at the DCT scale
+    `dct_shrink` allows, and only its crop window when that is the first step to read its pixels."""
+    if not is_jpeg(data):
+        place(decode(data, max_pixels=max_pixels), params, index, settings, out)
+        return
+    size = decode_size(data)  # a header read (~5 us; a photo's decode takes ~1 ms)
+    check_pixels(*size, max_pixels, data)
+    window = first_window(*size, params, index, settings)
+    shrink = dct_shrink(*size, params, index, settings, out.shape[:2], window)
+    if window is not None and WINDOW_DECODING:
+        crop, box = scaled_crop(window, shrink)
+        try:
+            pixels = decode_window(data, shrink, crop)
+        except ImageError:
+            pass  # one libjpeg does not decode to RGB (CMYK): the whole decoder decodes it or says why
+        else:
+            methods = params.methods[index]
+            method = pick_method(methods[2], window[2:], out.shape[:2])
+            _resample.resample(pixels, out, (0, 0, *crop[2:]), out.shape[:2], (0, 0), method, box)
+            return
+    image = decode(data, max_pixels=max_pixels, shrink=shrink)
     place(image, params, index, settings, out, size if shrink != 1 else None, shrink)
 
 
+def first_window(height: int, width: int, params: AugmentParams | None, index: int,
+                 settings: AugmentSettings) -> tuple[int, int, int, int] | None:
+    """The crop window (top, left, height, width) of a height x width image when that window is the
+    first step to read its pixels: random_resized_crop's, or the crop-size square, with no resize,
+    warp or pad before it. None otherwise, and for MXNet's fallback crop."""
+    if settings.resize or settings.affine or settings.pad:
+        return None
+    if settings.rrc:
+        return rrc_window(height, width, params, index)
+    if settings.crop_size and params.crop_size[index] <= min(height, width):
+        return crop_size_window(height, width, int(params.crop_size[index]), settings.rand_crop,
+                                float(params.crop_y[index]), float(params.crop_x[index]))
+    return None
+
+
 def dct_shrink(height: int, width: int, params: AugmentParams | None, index: int, settings: AugmentSettings,
-               out_size: tuple[int, int]) -> int:
+               out_size: tuple[int, int], window: tuple[int, int, int, int] | None = None) -> int:
     """4, 2 or 1: how much smaller a height x width JPEG may be decoded, because what reads its pixels
     first (the shorter-side resize, else the random_resized_crop or crop-size window resized to the
     output) shrinks it at least that much on both axes. 1 when dct_scaling is off, when a warp or pad
     reads them first, for the nearest and area (Pillow's box) filters, which take whole source
     pixels, so that on a halved grid they take others (area: mean abs difference ~3 levels, up to
     141, on the bench's photos), for MXNet's fallback crop, and for sides under 16 px. A function of
-    the size and the draws only: deterministic by seed."""
+    the size and the draws only: deterministic by seed. `window`: `first_window`'s, when the caller
+    has it (else it is drawn here)."""
     if not settings.dct_scaling or settings.affine or settings.pad or min(height, width) < 2 * MIN_SHRUNK_SIDE:
         return 1
     methods = params.methods[index] if params is not None else (settings.inter_method,) * 3
@@ -241,12 +272,7 @@ def dct_shrink(height: int, width: int, params: AugmentParams | None, index: int
     else:
         if height < 2 * out_size[0] or width < 2 * out_size[1]:  # no window in it can shrink 2x: no draws read
             return 1
-        window = None
-        if settings.rrc:
-            window = rrc_window(height, width, params, index)
-        elif settings.crop_size and params.crop_size[index] <= min(height, width):
-            window = crop_size_window(height, width, int(params.crop_size[index]), settings.rand_crop,
-                                      float(params.crop_y[index]), float(params.crop_x[index]))
+        window = window or first_window(height, width, params, index, settings)
         if window is None:
             return 1
         new_size, old_size = out_size, tuple(window[2:])
@@ -257,6 +283,18 @@ def dct_shrink(height: int, width: int, params: AugmentParams | None, index: int
         if old_size[0] >= shrink * new_size[0] and old_size[1] >= shrink * new_size[1]:
             return shrink
     return 1
+
+
+def scaled_crop(crop: tuple[int, int, int, int], shrink: int) -> tuple[tuple[int, int, int, int],
+                                                                          tuple[float, float, float, float]]:
+    """`crop` (top, left, height, width) in full-size pixels, on an image decoded at 1/shrink: the
+    whole smaller pixels it touches (top, left, height, width), and the part of those it is, (y0, x0,
+    y1, x1) in their pixels, which _resample resizes (exact: shrink is a power of two)."""
+    top, left, height, width = crop
+    y0, x0, y1, x1 = top / shrink, left / shrink, (top + height) / shrink, (left + width) / shrink
+    first_row, first_column = math.floor(y0), math.floor(x0)
+    touched = (first_row, first_column, math.ceil(y1) - first_row, math.ceil(x1) - first_column)
+    return touched, (y0 - first_row, x0 - first_column, y1 - first_row, x1 - first_column)
 
 
 def place(image: np.ndarray, params: AugmentParams | None, index: int, settings: AugmentSettings,
@@ -349,19 +387,9 @@ class Resized:
 
     def resample(self, out: np.ndarray, crop: tuple[int, int, int, int], size: tuple[int, int],
                  origin: tuple[int, int], method: int) -> None:
-        """_resample.resample from `image`, `crop` in full-size pixels: on a 1/shrink decode, the
-        whole smaller pixels that the crop touches, of which the crop divided by shrink is the part
-        resized (exact: shrink is a power of two)."""
-        image = np.ascontiguousarray(self.image)
-        if self.shrink == 1:
-            _resample.resample(image, out, crop, size, origin, method)
-            return
-        top, left, height, width = crop
-        y0, x0, y1, x1 = top / self.shrink, left / self.shrink, (top + height) / self.shrink, (left + width) / self.shrink
-        first_row, first_column = math.floor(y0), math.floor(x0)
-        touched = (first_row, first_column, math.ceil(y1) - first_row, math.ceil(x1) - first_column)
-        _resample.resample(image, out, touched, size, origin, method,
-                           (y0 - first_row, x0 - first_column, y1 - first_row, x1 - first_column))
+        """_resample.resample from `image`, `crop` in full-size pixels (`scaled_crop` on a 1/shrink decode)."""
+        touched, box = scaled_crop(crop, self.shrink)
+        _resample.resample(np.ascontiguousarray(self.image), out, touched, size, origin, method, box)
 
 
 def pick_method(method: int, old: tuple[int, int], new: tuple[int, int]) -> int:

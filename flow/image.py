@@ -5,12 +5,16 @@ Images are RGB, HxWx3 uint8, everywhere in flow (MXNet's ImageRecordIter is RGB 
 
 from __future__ import annotations
 
+import ctypes.util
 import io
+from pathlib import Path
 
 import numpy as np
+import PIL
 import simplejpeg
 from PIL import Image
 
+from flow import _jpeg
 from flow.errors import ImageError
 
 _JPEG_START = b"\xff\xd8"
@@ -57,13 +61,13 @@ def decode(data: bytes, out: np.ndarray | None = None, max_pixels: int = DEFAULT
             # The header first: simplejpeg 1.9 leaks ~4 KB each time it refuses a buffer of another
             # size, which the loader would pay for every image larger than its output.
             height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-            _check_pixels(height, width, max_pixels, data)
+            check_pixels(height, width, max_pixels, data)
             if out is not None and out.shape == (height, width, 3):
                 simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)  # returns a view of `out`
                 return out
             return simplejpeg.decode_jpeg(data, colorspace="RGB")
         with Image.open(io.BytesIO(data)) as image:
-            _check_pixels(image.height, image.width, max_pixels, data)
+            check_pixels(image.height, image.width, max_pixels, data)
             rgb = np.asarray(image.convert("RGB"))
     except (ValueError, OSError, Image.DecompressionBombError) as error:
         raise ImageError(f"cannot decode image ({len(data)} bytes): {error}") from None
@@ -78,7 +82,7 @@ def _decode_shrunk(data: bytes, shrink: int, max_pixels: int) -> np.ndarray:
         raise ValueError(f"shrink {shrink}: only JPEGs, by one of {DCT_SHRINKS}")
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-        _check_pixels(height, width, max_pixels, data)
+        check_pixels(height, width, max_pixels, data)
         if min(height, width) < MIN_SHRUNK_SIDE:
             raise ValueError(f"a {width}x{height} image is too small to decode at 1/{shrink}")
         shape = (-(-height // shrink), -(-width // shrink))
@@ -94,10 +98,41 @@ def _decode_shrunk(data: bytes, shrink: int, max_pixels: int) -> np.ndarray:
     return image
 
 
-def _check_pixels(height: int, width: int, max_pixels: int, data: bytes) -> None:
+def check_pixels(height: int, width: int, max_pixels: int, data: bytes) -> None:
     if height * width > max_pixels:
         raise ImageError(f"image of {width}x{height} pixels ({len(data)} bytes) is over the limit of {max_pixels} "
                          f"pixels (data.max_image_pixels): not decoded")
+
+
+def _open_libjpeg() -> bool:
+    """Opens the libjpeg-turbo that decodes windows (flow/_jpeg.c): the one Pillow's wheels bundle,
+    else the system's. False when none fits (then whole images are decoded and cropped)."""
+    candidates = [str(path) for path in sorted(Path(PIL.__file__).parent.parent.glob("pillow.libs/libjpeg*.so*"))]
+    candidates += [name for name in [ctypes.util.find_library("jpeg")] if name and not candidates]
+    for path in candidates:
+        try:
+            _jpeg.load(path)
+            return True
+        except OSError:  # not there, too old, or built for another ABI than flow/libjpeg's jpeg62 headers
+            continue
+    return False
+
+
+WINDOW_DECODING = _open_libjpeg()
+
+
+def decode_window(data: bytes, shrink: int, window: tuple[int, int, int, int]) -> np.ndarray:
+    """The (top, left, height, width) `window` of a JPEG decoded at 1/`shrink` (as `decode`'s), with
+    the very pixels a whole decode has there, decoding only what it needs: libjpeg-turbo crops the
+    columns and skips the rows around it (flow/_jpeg.c; needs WINDOW_DECODING). An ImageError for
+    data libjpeg cannot decode to RGB."""
+    top, left, height, width = window
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    try:
+        _jpeg.decode(data, shrink, top, left, out)
+    except ValueError as error:
+        raise ImageError(f"cannot decode image ({len(data)} bytes): {error}") from None
+    return out
 
 
 def decode_size(data: bytes) -> tuple[int, int]:
