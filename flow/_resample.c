@@ -79,6 +79,7 @@ static int axis_coefficients_for(axis_coefficients *axis, int in_size, double in
     double scale = in_span / out_size, filterscale = scale < 1.0 ? 1.0 : scale;
     double support = filter_support * filterscale;
     int ksize = (int)ceil(support) * 2 + 1;
+    ksize += ksize & 1;  /* even, zero-padded: the AVX2 pass reads the weights in pairs */
     axis->ksize = ksize;
     axis->start = malloc(sizeof(int) * count);
     axis->length = malloc(sizeof(int) * count);
@@ -118,26 +119,116 @@ static inline uint8_t clip8(int32_t value) {
     return value < 0 ? 0 : (value > 255 ? 255 : (uint8_t)value);
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2 1
+/* AVX2 versions of the two passes, chosen at run time on CPUs that have it: the same integer sums
+ * (32-bit products of the 22-bit weights, added in another order: integers, so the same result to
+ * the bit), 8 at a time. The horizontal pass was 2/3 of the resample's time pixel by pixel. */
+
+/* One row: each output pixel sums its source pixels two at a time, R G B _ R G B _ in eight lanes.
+ * It reads up to 5 bytes past the last pixel its weights cover (their weight is 0): the caller
+ * keeps it for rows that have them inside the buffer. (Summing all ksize weights, the zero ones
+ * too, to spare the loop's varying exit: 1.5x slower on the bench's crops.) */
+__attribute__((target("avx2"))) static void horizontal_row_avx2(const uint8_t *row, uint8_t *out, int count,
+                                                                const axis_coefficients *columns) {
+    const __m128i spread = _mm_setr_epi8(0, 1, 2, -1, 3, 4, 5, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    const __m256i pair = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    const __m128i half = _mm_set1_epi32(1 << (PRECISION_BITS - 1));
+    for (int x = 0; x < count; x++) {
+        const int32_t *k = columns->weights + (size_t)x * columns->ksize;
+        const uint8_t *pixel = row + (Py_ssize_t)columns->start[x] * 3;
+        __m256i sum = _mm256_setzero_si256();
+        for (int i = 0; i < columns->length[x]; i += 2, pixel += 6) {
+            __m256i values = _mm256_cvtepu8_epi32(_mm_shuffle_epi8(_mm_loadl_epi64((const __m128i *)pixel), spread));
+            __m256i weights = _mm256_permutevar8x32_epi32(
+                _mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)(k + i))), pair);
+            sum = _mm256_add_epi32(sum, _mm256_mullo_epi32(values, weights));
+        }
+        __m128i total = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
+        total = _mm_srai_epi32(_mm_add_epi32(total, half), PRECISION_BITS);
+        total = _mm_packus_epi16(_mm_packs_epi32(total, total), total);  /* clip8's clamp */
+        uint32_t rgb = (uint32_t)_mm_cvtsi128_si32(total);
+        memcpy(out + 3 * x, &rgb, x + 1 < count ? 4 : 3);  /* the 4th byte is the next pixel's, written next */
+    }
+}
+
+/* Sixteen bytes of an output row at a time, their sums kept in registers across the taps. */
+__attribute__((target("avx2"))) static void vertical_pass_avx2(const uint8_t *src, Py_ssize_t src_stride,
+                                                               uint8_t *dst, Py_ssize_t dst_stride, int count,
+                                                               Py_ssize_t row_bytes, const axis_coefficients *rows,
+                                                               int row_offset) {
+    const __m256i half = _mm256_set1_epi32(1 << (PRECISION_BITS - 1));
+    for (int y = 0; y < count; y++) {
+        const int32_t *k = rows->weights + (size_t)y * rows->ksize;
+        const uint8_t *first = src + (Py_ssize_t)(rows->start[y] - row_offset) * src_stride;
+        uint8_t *out = dst + y * dst_stride;
+        Py_ssize_t x = 0;
+        for (; x + 16 <= row_bytes; x += 16) {
+            __m256i low = half, high = half;
+            const uint8_t *column = first + x;
+            for (int i = 0; i < rows->length[y]; i++, column += src_stride) {
+                __m128i bytes = _mm_loadu_si128((const __m128i *)column);
+                __m256i weight = _mm256_set1_epi32(k[i]);
+                low = _mm256_add_epi32(low, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(bytes), weight));
+                high = _mm256_add_epi32(high, _mm256_mullo_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)), weight));
+            }
+            __m256i words = _mm256_packs_epi32(_mm256_srai_epi32(low, PRECISION_BITS),
+                                               _mm256_srai_epi32(high, PRECISION_BITS));
+            words = _mm256_permute4x64_epi64(words, 0xD8);  /* packs works within 128-bit halves */
+            _mm_storeu_si128((__m128i *)(out + x), _mm_packus_epi16(_mm256_castsi256_si128(words),
+                                                                    _mm256_extracti128_si256(words, 1)));
+        }
+        for (; x < row_bytes; x++) {
+            int32_t sum = 1 << (PRECISION_BITS - 1);
+            for (int i = 0; i < rows->length[y]; i++)
+                sum += first[i * src_stride + x] * k[i];
+            out[x] = clip8(sum);
+        }
+    }
+}
+#endif
+
+static int use_avx2;  /* set at import on CPUs with AVX2; tests switch it to check both paths */
+
+
+static void horizontal_row(const uint8_t *row, uint8_t *out, int count, const axis_coefficients *columns) {
+    for (int x = 0; x < count; x++) {
+        const int32_t *k = columns->weights + (size_t)x * columns->ksize;
+        const uint8_t *pixel = row + (Py_ssize_t)columns->start[x] * 3;
+        int32_t red = 1 << (PRECISION_BITS - 1), green = red, blue = red;
+        for (int i = 0; i < columns->length[x]; i++, pixel += 3) {
+            red += pixel[0] * k[i];
+            green += pixel[1] * k[i];
+            blue += pixel[2] * k[i];
+        }
+        out[3 * x] = clip8(red);
+        out[3 * x + 1] = clip8(green);
+        out[3 * x + 2] = clip8(blue);
+    }
+}
+
 /* rows x columns.count pixels of `dst` (row stride dst_stride bytes) from the rows of `src` (stride
- * src_stride), weighting source columns as `columns` says. */
-static void horizontal_pass(const uint8_t *src, Py_ssize_t src_stride, uint8_t *dst, Py_ssize_t dst_stride,
-                            int rows, int count, const axis_coefficients *columns) {
+ * src_stride, its buffer ending at src_end), weighting source columns as `columns` says. */
+static void horizontal_pass(const uint8_t *src, Py_ssize_t src_stride, const uint8_t *src_end, uint8_t *dst,
+                            Py_ssize_t dst_stride, int rows, int count, const axis_coefficients *columns) {
+#ifdef HAVE_AVX2
+    Py_ssize_t reach = 0;  /* the bytes past a row's start that the AVX2 pass reads */
+    for (int x = 0; x < count; x++) {
+        Py_ssize_t end = ((Py_ssize_t)columns->start[x] + ((columns->length[x] - 1) & ~1)) * 3 + 8;
+        reach = end > reach ? end : reach;
+    }
+#endif
     for (int y = 0; y < rows; y++) {
         const uint8_t *row = src + y * src_stride;
         uint8_t *out = dst + y * dst_stride;
-        for (int x = 0; x < count; x++) {
-            const int32_t *k = columns->weights + (size_t)x * columns->ksize;
-            const uint8_t *pixel = row + (Py_ssize_t)columns->start[x] * 3;
-            int32_t red = 1 << (PRECISION_BITS - 1), green = red, blue = red;
-            for (int i = 0; i < columns->length[x]; i++, pixel += 3) {
-                red += pixel[0] * k[i];
-                green += pixel[1] * k[i];
-                blue += pixel[2] * k[i];
-            }
-            out[3 * x] = clip8(red);
-            out[3 * x + 1] = clip8(green);
-            out[3 * x + 2] = clip8(blue);
+#ifdef HAVE_AVX2
+        if (use_avx2 && row + reach <= src_end) {
+            horizontal_row_avx2(row, out, count, columns);
+            continue;
         }
+#endif
+        horizontal_row(row, out, count, columns);
     }
 }
 
@@ -166,6 +257,12 @@ static void vertical_pass(const uint8_t *src, Py_ssize_t src_stride, uint8_t *ds
 
 static int vertical_pass_with_sums(const uint8_t *src, Py_ssize_t src_stride, uint8_t *dst, Py_ssize_t dst_stride,
                                    int count, Py_ssize_t row_bytes, const axis_coefficients *rows, int row_offset) {
+#ifdef HAVE_AVX2
+    if (use_avx2) {
+        vertical_pass_avx2(src, src_stride, dst, dst_stride, count, row_bytes, rows, row_offset);
+        return 0;
+    }
+#endif
     int32_t *sums = malloc(sizeof(int32_t) * (size_t)row_bytes);
     if (sums == NULL)
         return -1;
@@ -187,7 +284,7 @@ static void nearest_indices(int *indices, int in_size, double in0, double in_spa
 }
 
 typedef struct {
-    const uint8_t *src;  /* the crop's top-left pixel */
+    const uint8_t *src, *src_end;  /* the crop's top-left pixel, the end of its buffer */
     Py_ssize_t src_stride;
     int crop_height, crop_width, height, width, top, left, out_height, out_width, method;
     double box_top, box_left, box_height, box_width;  /* the part of the crop resized, in crop pixels */
@@ -246,14 +343,14 @@ static int run_filter(const job *j) {
             for (int y = 0; y < j->out_height; y++)
                 memcpy(j->out + y * out_stride, window + (Py_ssize_t)(j->top + y) * j->src_stride, out_stride);
     } else if (!vertical) {
-        horizontal_pass(j->src + (Py_ssize_t)j->top * j->src_stride, j->src_stride, j->out, out_stride,
+        horizontal_pass(j->src + (Py_ssize_t)j->top * j->src_stride, j->src_stride, j->src_end, j->out, out_stride,
                         j->out_height, j->out_width, &columns);
     } else {
         uint8_t *between = malloc((size_t)(last_row - first_row) * out_stride);
         if (between == NULL) {
             status = -1;
         } else {
-            horizontal_pass(j->src + (Py_ssize_t)first_row * j->src_stride, j->src_stride, between, out_stride,
+            horizontal_pass(j->src + (Py_ssize_t)first_row * j->src_stride, j->src_stride, j->src_end, between, out_stride,
                             last_row - first_row, j->out_width, &columns);
             status = vertical_pass_with_sums(between, out_stride, j->out, out_stride, j->out_height, out_stride, &rows,
                                              first_row);
@@ -320,6 +417,7 @@ static PyObject *resample(PyObject *module, PyObject *args) {
     } else {
         j.src_stride = src.shape[1] * 3;
         j.src = (const uint8_t *)src.buf + crop_top * j.src_stride + (Py_ssize_t)crop_left * 3;
+        j.src_end = (const uint8_t *)src.buf + src.len;
         j.out = out.buf;
         int status;
         Py_BEGIN_ALLOW_THREADS
@@ -335,15 +433,33 @@ static PyObject *resample(PyObject *module, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *simd(PyObject *module, PyObject *args) {
+    int wanted = -1;
+    if (!PyArg_ParseTuple(args, "|p:simd", &wanted))
+        return NULL;
+#ifdef HAVE_AVX2
+    if (wanted >= 0)
+        use_avx2 = wanted && __builtin_cpu_supports("avx2");
+#endif
+    return PyBool_FromLong(use_avx2);
+}
+
 static PyMethodDef methods[] = {
     {"resample", resample, METH_VARARGS,
      "resample(src, out, crop, size, origin, method[, box]): resizes the (top, left, height, width) `crop`\n"
      "of the uint8 (H, W, 3) `src` (or only its `box` (y0, x0, y1, x1), floats in crop pixels) to `size`\n"
      "(height, width) and writes the part at `origin` (top, left) the size of `out` into `out`, with\n"
      "Pillow's arithmetic; method 0 nearest, 1 bilinear, 2 bicubic, 3 area (box), 4 lanczos. GIL released."},
+    {"simd", simd, METH_VARARGS,
+     "simd([on]): whether the AVX2 passes run (on CPUs with AVX2, the default); `on` switches them (tests)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "flow._resample", NULL, 0, methods};
 
-PyMODINIT_FUNC PyInit__resample(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__resample(void) {
+#ifdef HAVE_AVX2
+    use_avx2 = __builtin_cpu_supports("avx2");
+#endif
+    return PyModule_Create(&module);
+}

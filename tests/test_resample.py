@@ -1,6 +1,8 @@
 """flow._resample: crop + resize in one pass, against a numpy reference of Pillow's arithmetic and Pillow."""
 
+import ctypes
 import math
+import mmap
 
 import numpy as np
 import pytest
@@ -56,6 +58,17 @@ def reference(image, height, width, method, box=None):
     if (y0, y1) != (0, height) or height != image.shape[0]:
         image = one_axis(image, coefficients(image.shape[0], height, method, (y0, y1)))
     return image
+
+
+@pytest.fixture(autouse=True, params=[True, False], ids=["simd", "plain"])
+def passes(request):
+    """Every test on both the AVX2 passes (where the CPU has AVX2) and the plain C ones."""
+    default = _resample.simd()
+    if request.param and not default:
+        pytest.skip("this CPU has no AVX2: the plain passes are the ones that run")
+    _resample.simd(request.param)
+    yield
+    _resample.simd(default)
 
 
 def resample(image, crop, size, origin, out_shape, method, *box):
@@ -145,3 +158,30 @@ def test_refuses_windows_outside_and_unknown_methods():
         resample(image, (0, 0, 10, 10), (4, 4), (0, 0), (4, 4), 7)
     with pytest.raises(ValueError, match="not inside the 5x10 crop"):
         resample(image, (0, 0, 5, 10), (4, 4), (0, 0), (4, 4), 1, (0.5, 0, 5.5, 10))
+
+
+def guarded(height, width, rng):
+    """An HxWx3 image whose last byte is the last one before an inaccessible page: reading past it
+    kills the process (the AVX2 pass reads a few bytes beyond the pixels it weighs)."""
+    page = mmap.PAGESIZE
+    size = height * width * 3
+    pages = -(-size // page) + 1
+    region = mmap.mmap(-1, pages * page)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    assert libc.mprotect(start + (pages - 1) * page, page, 0) == 0, ctypes.get_errno()  # PROT_NONE
+    image = np.frombuffer(region, np.uint8, size, (pages - 1) * page - size).reshape(height, width, 3)
+    image[...] = rng.integers(0, 256, image.shape, dtype=np.uint8)
+    return image, region
+
+
+@pytest.mark.parametrize("method", [1, 2, 4])
+def test_reads_nothing_past_the_end_of_the_image(method):
+    rng = np.random.default_rng(method)
+    for height, width, size in ((7, 5, (9, 3)), (40, 33, (21, 30)), (64, 64, (100, 37))):
+        image, region = guarded(height, width, rng)
+        expected = reference(image.copy(), *size, method)
+        assert np.array_equal(resample(image, (0, 0, height, width), size, (0, 0), size, method), expected)
+        del image
+        region.close()
