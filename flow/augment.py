@@ -19,6 +19,12 @@ shrink, fractions kept (no rounding), the filter then resampling from there. Not
 decoding at full size and resizing (the DCT's reduced IDCT averages where the filter weighs); on
 the bench's photos the difference is small (tests/test_dct_scaling.py states the bound).
 
+Decoding only the window: when random_resized_crop's or the crop-size window is the first step to
+read a JPEG's pixels (`first_window`), only the pixels it touches are decoded (`decode_window`,
+libjpeg-turbo skipping the rows above it and the columns beside it, never decoding the rows below):
+the same pixels as a whole decode, so the same output to the bit; on the bench's photos a window
+decodes in ~0.55x the time of the whole image.
+
 Randomness is drawn up front for a whole batch (`draw`) from a numpy Generator, so the result
 depends only on the generator's seed, never on how a batch is split between threads. The
 geometric steps work per image (their input sizes differ); colour works on a whole slice with

@@ -1,5 +1,8 @@
 """Image codecs: JPEG through libjpeg-turbo (simplejpeg, releases the GIL), everything else through Pillow.
 
+A crop window of a JPEG alone (`decode_window`) goes through libjpeg-turbo's libjpeg API, which
+simplejpeg does not expose: flow/_jpeg_window.c, on the libjpeg-turbo Pillow's wheels bundle.
+
 Images are RGB, HxWx3 uint8, everywhere in flow (MXNet's ImageRecordIter is RGB too).
 """
 
@@ -7,6 +10,7 @@ from __future__ import annotations
 
 import ctypes.util
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +18,13 @@ import PIL
 import simplejpeg
 from PIL import Image
 
-from flow import _jpeg
 from flow.errors import ImageError
+
+try:
+    from flow import _jpeg_window
+except ImportError as error:  # a source tree that pip never built
+    raise ImportError("flow's C extension flow._jpeg_window is not built: run `pip install -e .` in the repository "
+                      "(it needs a C compiler)") from error
 
 _JPEG_START = b"\xff\xd8"
 
@@ -104,16 +113,24 @@ def check_pixels(height: int, width: int, max_pixels: int, data: bytes) -> None:
                          f"pixels (data.max_image_pixels): not decoded")
 
 
+def _libjpeg_paths() -> Iterator[str]:
+    """The libjpeg-turbo that Pillow's wheels bundle (Linux, then macOS names), then the system's, which a
+    Pillow built from source uses (looked for only when needed: find_library runs ldconfig)."""
+    pillow = Path(PIL.__file__).parent
+    yield from (str(path) for path in sorted((pillow.parent / "pillow.libs").glob("libjpeg*.so*")))
+    yield from (str(path) for path in sorted((pillow / ".dylibs").glob("libjpeg*.dylib")))
+    if system := ctypes.util.find_library("jpeg"):
+        yield system
+
+
 def _open_libjpeg() -> bool:
-    """Opens the libjpeg-turbo that decodes windows (flow/_jpeg.c): the one Pillow's wheels bundle,
-    else the system's. False when none fits (then whole images are decoded and cropped)."""
-    candidates = [str(path) for path in sorted(Path(PIL.__file__).parent.parent.glob("pillow.libs/libjpeg*.so*"))]
-    candidates += [name for name in [ctypes.util.find_library("jpeg")] if name and not candidates]
-    for path in candidates:
+    """Opens the first libjpeg-turbo that decodes windows (flow/_jpeg_window.c); False when none does (then
+    whole images are decoded and cropped)."""
+    for path in _libjpeg_paths():
         try:
-            _jpeg.load(path)
+            _jpeg_window.load(path)
             return True
-        except OSError:  # not there, too old, or built for another ABI than flow/libjpeg's jpeg62 headers
+        except OSError:  # too old, or built for another ABI than flow/libjpeg's jpeg62 headers
             continue
     return False
 
@@ -124,12 +141,12 @@ WINDOW_DECODING = _open_libjpeg()
 def decode_window(data: bytes, shrink: int, window: tuple[int, int, int, int]) -> np.ndarray:
     """The (top, left, height, width) `window` of a JPEG decoded at 1/`shrink` (as `decode`'s), with
     the very pixels a whole decode has there, decoding only what it needs: libjpeg-turbo crops the
-    columns and skips the rows around it (flow/_jpeg.c; needs WINDOW_DECODING). An ImageError for
+    columns and skips the rows around it (flow/_jpeg_window.c; needs WINDOW_DECODING). An ImageError for
     data libjpeg cannot decode to RGB."""
     top, left, height, width = window
     out = np.empty((height, width, 3), dtype=np.uint8)
     try:
-        _jpeg.decode(data, shrink, top, left, out)
+        _jpeg_window.decode(data, shrink, top, left, out)
     except ValueError as error:
         raise ImageError(f"cannot decode image ({len(data)} bytes): {error}") from None
     return out

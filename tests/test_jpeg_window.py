@@ -1,4 +1,4 @@
-"""Decoding only a crop window of a JPEG (flow/_jpeg.c through flow.image.decode_window): the very
+"""Decoding only a crop window of a JPEG (flow/_jpeg_window.c through flow.image.decode_window): the very
 pixels a whole decode has there, for every layout libjpeg writes, and the loader's crops unchanged."""
 
 import dataclasses
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flow import _jpeg, augment, image
+from flow import _jpeg_window, augment, image
 from flow.augment import AugmentSettings
 from flow.errors import ImageError
 from flow.image import decode, decode_window
@@ -64,7 +64,7 @@ def test_a_window_outside_the_image_or_corrupt_data_is_an_image_error():
     with pytest.raises(ImageError, match="cannot decode image .*Not a JPEG file"):
         decode_window(bytes(100), 1, (0, 0, 4, 4))
     with pytest.raises(ValueError, match="shrink: expected 1, 2, 4 or 8"):
-        _jpeg.decode(data, 3, 0, 0, np.empty((4, 4, 3), np.uint8))
+        _jpeg_window.decode(data, 3, 0, 0, np.empty((4, 4, 3), np.uint8))
 
 
 CROP_SIZE = AugmentSettings(min_crop_size=40, max_crop_size=120, rand_crop=True, rand_mirror=True)

@@ -31,7 +31,7 @@ def test_wheel_installs_actors_inside_flow_and_carries_the_c_extension(built):
     assert len(top_levels) == 1 and top_levels.pop().endswith(".dist-info")
     assert "flow/actors/loader.py" in names and "flow/actors/__init__.py" in names
     assert not any(name.startswith("actors/") for name in names)
-    for extension in ("_pixels", "_resample", "_jpeg"):
+    for extension in ("_pixels", "_resample", "_jpeg_window"):
         assert any(re.fullmatch(rf"flow/{extension}\..*\.(so|pyd)", name) for name in names), extension
     assert wheel.name.startswith("flow_fit-")  # "flow" on PyPI is another project
 
@@ -39,7 +39,7 @@ def test_wheel_installs_actors_inside_flow_and_carries_the_c_extension(built):
 def test_sdist_carries_the_sources_the_wheel_is_built_from(built):
     sdist, _ = built
     names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
-    assert {"pyproject.toml", "flow/_pixels.c", "flow/_jpeg.c", "flow/libjpeg/jpeglib.h", "flow/libjpeg/LICENSE.md",
+    assert {"pyproject.toml", "flow/_pixels.c", "flow/_jpeg_window.c", "flow/libjpeg/jpeglib.h", "flow/libjpeg/LICENSE.md",
             "actors/loader.py", "flow/run.py"} <= names
 
 

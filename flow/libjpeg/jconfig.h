@@ -1,5 +1,5 @@
 /* libjpeg-turbo 3.2.0's src/jconfig.h.in as its default build fills it in (the jpeg62 ABI, 8-bit
- * samples, Linux): what flow/_jpeg.c needs to lay out libjpeg's structures as the library does. */
+ * samples, Linux): what flow/_jpeg_window.c needs to lay out libjpeg's structures as the library does. */
 #define JPEG_LIB_VERSION  62
 #define LIBJPEG_TURBO_VERSION  3.2.0
 #define LIBJPEG_TURBO_VERSION_NUMBER  3002000

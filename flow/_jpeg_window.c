@@ -1,4 +1,4 @@
-/* flow._jpeg: a window of a JPEG, decoded by libjpeg-turbo without the rest of the image.
+/* flow._jpeg_window: a window of a JPEG, decoded by libjpeg-turbo without the rest of the image.
  *
  * A RandomResizedCrop window keeps on average half of a photo; simplejpeg (the TurboJPEG API) can
  * only decode all of it. libjpeg-turbo's libjpeg API can do less: jpeg_crop_scanline limits the
@@ -173,7 +173,7 @@ static PyObject *decode(PyObject *module, PyObject *args) {
     PyObject *out_object;
     job j;
     if (library == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "flow._jpeg.load(path) first");
+        PyErr_SetString(PyExc_RuntimeError, "flow._jpeg_window.load(path) first");
         return NULL;
     }
     if (!PyArg_ParseTuple(args, "y*iiiO:decode", &data, &j.shrink, &j.top, &j.left, &out_object))
@@ -219,6 +219,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "flow._jpeg", NULL, 0, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "flow._jpeg_window", NULL, 0, methods};
 
-PyMODINIT_FUNC PyInit__jpeg(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__jpeg_window(void) { return PyModule_Create(&module); }
