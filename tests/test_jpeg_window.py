@@ -3,6 +3,8 @@ pixels a whole decode has there, for every layout libjpeg writes, and the loader
 
 import dataclasses
 import io
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -97,3 +99,24 @@ def test_a_jpeg_libjpeg_cannot_decode_to_rgb_goes_the_whole_decoders_way(monkeyp
         monkeypatch.setattr(augment, "WINDOW_DECODING", windows)
         augment.place_encoded(data, params, 0, RRC, out[index], 1 << 30)
     assert np.array_equal(out[0], out[1])
+
+
+def test_a_library_that_is_not_libjpeg_turbo_is_refused_at_load():
+    """In a fresh process (flow.image opens the real one at import): a missing file, a library without
+    libjpeg's calls, and a decode before any load are each a clear error."""
+    script = """
+from flow import _jpeg_window
+for call in (lambda: _jpeg_window.decode(b"", 1, 0, 0, bytearray(3)),
+             lambda: _jpeg_window.load("/nonexistent/libjpeg.so"), lambda: _jpeg_window.load("libc.so.6")):
+    try:
+        call()
+    except (OSError, RuntimeError) as error:
+        print(type(error).__name__, error)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.splitlines() == [
+        "RuntimeError flow._jpeg_window.load(path) first",
+        "OSError cannot open libjpeg /nonexistent/libjpeg.so: /nonexistent/libjpeg.so: cannot open shared object "
+        "file: No such file or directory",
+        "OSError libjpeg libc.so.6 lacks jpeg_std_error (libjpeg-turbo 1.5 or later has it)",
+    ]
