@@ -260,26 +260,8 @@ def flow_config(args, rec_path: Path, workload: str) -> Path:
     else:
         augmentation = (f"random_resized_crop = true\nmin_random_area = {RRC_AREA[0]}\nmax_random_area = {RRC_AREA[1]}\n"
                         f"min_random_aspect_ratio = {RRC_ASPECT[0]}\nmax_random_aspect_ratio = {RRC_ASPECT[1]}\n")
-    config_path = args.data_dir / f"flow-natural-io-{workload}.toml"
-    config_path.write_text(
-        "[data]\n"
-        f"data_train = {json.dumps(str(rec_path))}\n"
-        f"image_shape = {list(IMAGE_SHAPE)}\n"
-        f"batch_size = {args.batch_size}\n"
-        f"data_nthreads = {args.threads}\n"
-        f"rgb_mean = {list(MEAN)}\n"
-        f"rgb_std = {list(STD)}\n"
-        "shuffle = true\n"
-        f"num_classes = {len(SKIMAGE_PHOTOS) + 2}\n"
-        'layout = "float32_nchw"\n'
-        "random_mirror = true\n"
-        + augmentation +
-        "[train]\n"
-        f"num_epochs = {args.epochs}\n"
-        f"disp_batches = {math.ceil(args.records / args.batch_size)}\n"  # one progress line an epoch
-        f"seed = {SEED}\n"
-    )
-    return config_path
+    return test_io.write_flow_config(args.data_dir / f"flow-natural-io-{workload}.toml", args, rec_path, IMAGE_SHAPE,
+                                     len(SKIMAGE_PHOTOS) + 2, "random_mirror = true\n" + augmentation)
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -306,24 +306,31 @@ def build_dataset(fixtures: Path, data_dir: Path, records: int) -> tuple[Path, P
     return rec_path, idx_path
 
 
-def run_flow(args, rec_path: Path) -> dict:
-    config_path = args.data_dir / "flow-test-io.toml"
+def write_flow_config(config_path: Path, args, rec_path: Path, image_shape: tuple[int, ...], num_classes: int,
+                      augmentation: str = "") -> Path:
+    """The `flow test-io` config of a bench run: `augmentation`, TOML lines of [data] keys, added."""
     config_path.write_text(
         "[data]\n"
         f"data_train = {json.dumps(str(rec_path))}\n"
-        f"image_shape = {list(IMAGE_SHAPE)}\n"
+        f"image_shape = {list(image_shape)}\n"
         f"batch_size = {args.batch_size}\n"
         f"data_nthreads = {args.threads}\n"
         f"rgb_mean = {list(MEAN)}\n"
         f"rgb_std = {list(STD)}\n"
         "shuffle = true\n"
-        f"num_classes = {NUM_CLASSES}\n"
+        f"num_classes = {num_classes}\n"
         'layout = "float32_nchw"\n'
+        + augmentation +
         "[train]\n"
         f"num_epochs = {args.epochs}\n"
         f"disp_batches = {math.ceil(args.records / args.batch_size)}\n"  # one progress line an epoch
         f"seed = {SEED}\n"
     )
+    return config_path
+
+
+def run_flow(args, rec_path: Path) -> dict:
+    config_path = write_flow_config(args.data_dir / "flow-test-io.toml", args, rec_path, IMAGE_SHAPE, NUM_CLASSES)
     finished = subprocess.run([sys.executable, "-m", "flow", "test-io", str(config_path)],
                               capture_output=True, text=True, timeout=PEER_TIMEOUT_S)
     epochs = [(float(seconds), int(samples))

@@ -118,6 +118,12 @@ class AugmentSettings:
         return not self.random_resized_crop and bool(self.min_crop_size or self.max_crop_size)
 
     @property
+    def window_first(self) -> bool:
+        """Whether a crop window (random_resized_crop's or the crop-size square) is the first step to
+        read an image's pixels: no resize, warp or pad before it."""
+        return (self.rrc or self.crop_size) and not (self.resize or self.affine or self.pad)
+
+    @property
     def reshapes(self) -> bool:
         """Whether an image goes through more than a crop on its way to the output size."""
         return bool(self.resize or self.pad or self.affine or self.random_resized_crop or self.crop_size)
@@ -222,8 +228,8 @@ def place_encoded(data: bytes, params: AugmentParams | None, index: int, setting
                   out: np.ndarray, max_pixels: int) -> None:
     """Decodes one encoded image and places it into `out` (see `place`): a JPEG at the DCT scale
     `dct_shrink` allows, and only its crop window when that is the first step to read its pixels."""
-    if not is_jpeg(data):
-        place(decode(data, max_pixels=max_pixels), params, index, settings, out)
+    if not is_jpeg(data) or not (settings.dct_scaling or (WINDOW_DECODING and settings.window_first)):
+        place(decode(data, max_pixels=max_pixels), params, index, settings, out)  # no header read first
         return
     size = decode_size(data)  # a header read (~5 us; a photo's decode takes ~1 ms)
     check_pixels(*size, max_pixels, data)
@@ -249,7 +255,7 @@ def first_window(height: int, width: int, params: AugmentParams | None, index: i
     """The crop window (top, left, height, width) of a height x width image when that window is the
     first step to read its pixels: random_resized_crop's, or the crop-size square, with no resize,
     warp or pad before it. None otherwise, and for MXNet's fallback crop."""
-    if settings.resize or settings.affine or settings.pad:
+    if not settings.window_first:
         return None
     if settings.rrc:
         return rrc_window(height, width, params, index)
